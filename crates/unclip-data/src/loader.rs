@@ -257,7 +257,7 @@ pub struct Loader {
     config: LoaderConfig,
     partition: Partition,
     fingerprint: String,
-    samples_per_epoch: u64,
+    samples_per_epoch: Option<u64>,
     quota: Option<u64>,
     shared: Arc<Shared>,
     results: Receiver<Done>,
@@ -335,12 +335,14 @@ impl Loader {
         }
         let shards = Arc::new(spec::resolve(&config.shards)?);
         let fingerprint = fingerprint(&shards, &config, partition);
-        let samples_per_epoch = match config.samples_per_epoch {
-            Some(n) => n,
-            None => count_samples(&shards, config.workers),
+        // Single-pass mode needs no count; training mode counts unless told.
+        let samples_per_epoch = match (config.samples_per_epoch, config.drop_last) {
+            (Some(n), _) => Some(n),
+            (None, true) => Some(count_samples(&shards, config.workers)),
+            (None, false) => None,
         };
         let global_batch = (partition.world_size * config.batch_size) as u64;
-        let quota = if config.drop_last {
+        let quota = if let (true, Some(samples_per_epoch)) = (config.drop_last, samples_per_epoch) {
             let batches = samples_per_epoch / global_batch;
             if batches == 0 {
                 return Err(DataError::TooFewSamples {
@@ -430,8 +432,8 @@ impl Loader {
         })
     }
 
-    /// Samples (good or bad) per epoch across all ranks.
-    pub fn samples_per_epoch(&self) -> u64 {
+    /// Samples (good or bad) per epoch across all ranks, when counted (training mode) or given.
+    pub fn samples_per_epoch(&self) -> Option<u64> {
         self.samples_per_epoch
     }
 

@@ -1,0 +1,93 @@
+//! `unclip bench …`: throughput measurements, one JSON line each, compared with peers in
+//! docs/benchmarks.md.
+
+use clap::{Args, Subcommand};
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::Instant;
+use unclip_data::{ImageTransform, Loader, LoaderConfig, Partition};
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Decode + resize (shorter side, antialiased) + center crop + normalise + batch, over a
+    /// whole shard spec.
+    Data(DataBench),
+}
+
+#[derive(Debug, Args)]
+pub struct DataBench {
+    /// Shard spec (files, directories, globs, `{000..009}` ranges, `a::b`, `@list.txt`).
+    #[arg(long)]
+    shards: String,
+    #[arg(long, default_value_t = 64)]
+    image_size: u32,
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Decode threads.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Full passes over the data; the rate is over all of them.
+    #[arg(long, default_value_t = 1)]
+    passes: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct DataBenchResult {
+    bench: &'static str,
+    #[serde(rename = "impl")]
+    implementation: &'static str,
+    images: u64,
+    batches: u64,
+    seconds: f64,
+    images_per_s: f64,
+    images_per_s_per_core: f64,
+    cores: usize,
+    workers: usize,
+    batch_size: usize,
+    image_size: u32,
+    skipped: u64,
+}
+
+pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+    match cmd {
+        BenchCommand::Data(b) => data(b),
+    }
+}
+
+fn data(b: DataBench) -> anyhow::Result<()> {
+    use burn::backend::Flex;
+    let mut config = LoaderConfig::new(b.shards.clone(), b.batch_size);
+    config.workers = b.workers;
+    config.shuffle = false;
+    config.drop_last = false;
+    config.epochs = Some(b.passes);
+    let transform = Arc::new(ImageTransform::new(b.image_size));
+    let device = Default::default();
+    let start = Instant::now();
+    let mut loader = Loader::new(config, Partition::SINGLE, transform, None)?;
+    let mut checksum = 0f64;
+    while let Some(batch) = loader.next_batch()? {
+        // Batches end as tensors on the device, as in training.
+        let t = batch.tensor::<Flex, 4>("image", &device)?;
+        checksum += t.slice([0..1, 0..1, 0..1, 0..1]).into_scalar() as f64;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let summary = loader.summary();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let images_per_s = summary.samples as f64 / seconds;
+    tracing::debug!(checksum, "bench data done");
+    crate::print_json(&DataBenchResult {
+        bench: "data",
+        implementation: "unclip",
+        images: summary.samples,
+        batches: summary.batches,
+        seconds,
+        images_per_s,
+        images_per_s_per_core: images_per_s / cores as f64,
+        cores,
+        workers: b.workers,
+        batch_size: b.batch_size,
+        image_size: b.image_size,
+        skipped: summary.skipped_total(),
+    })
+}

@@ -1,0 +1,118 @@
+//! The `unclip` command line: one binary whose subcommands cover the pipeline (data now;
+//! embedding, training, export and sampling as those stages land). This crate only parses
+//! arguments, wires the library crates together and reports errors; it holds no pipeline logic.
+
+mod bench;
+
+use clap::{Parser, Subcommand};
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "unclip",
+    version,
+    about = "Train the stages of unCLIP (DALL-E 2): prior, decoder, upsamplers",
+    long_about = "Train the stages of unCLIP (DALL-E 2) from image-caption tar shards.\n\n\
+        Start with `unclip data synth --out data/shapes` to make the built-in shapes-world \
+        dataset, then `unclip data inspect data/shapes/train` to look at it."
+)]
+struct Cli {
+    /// More log output (-v: info, -vv: debug). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Build, pack and inspect datasets of image-caption tar shards.
+    #[command(subcommand)]
+    Data(DataCommand),
+    /// Benchmarks; each prints one JSON line.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum DataCommand {
+    /// Render the shapes world: a seeded synthetic dataset with checkable captions.
+    Synth(unclip_data_tools::SynthOptions),
+    /// Pack a folder of images + .txt captions (or a CSV/TSV) into webdataset shards.
+    Pack(unclip_data_tools::PackOptions),
+    /// Count samples, bad samples by reason, caption/image statistics; draw a contact sheet.
+    Inspect(unclip_data_tools::InspectOptions),
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Parse `args` (program name first) and run; errors are printed with their causes.
+pub fn main_with_args<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    init_logging(cli.verbose);
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string(value)?);
+    Ok(())
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Data(DataCommand::Synth(opts)) => {
+            let report = unclip_data_tools::synth(&opts)?;
+            print_json(&report)
+        }
+        Command::Data(DataCommand::Pack(opts)) => {
+            let report = unclip_data_tools::pack(&opts)?;
+            print_json(&report)
+        }
+        Command::Data(DataCommand::Inspect(opts)) => {
+            let report = unclip_data_tools::inspect(&opts)?;
+            if opts.json {
+                print_json(&report)
+            } else {
+                print!("{}", unclip_data_tools::inspect::render_text(&report));
+                Ok(())
+            }
+        }
+        Command::Bench(cmd) => bench::run(cmd),
+    }
+}

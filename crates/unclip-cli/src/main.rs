@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    unclip_cli::main_with_args(std::env::args_os())
+}

@@ -12,7 +12,7 @@ pub mod encode;
 pub mod inspect;
 pub mod pack;
 mod parallel;
-mod progress;
+pub mod progress;
 pub mod shapes;
 pub mod shard_writer;
 pub mod synth;

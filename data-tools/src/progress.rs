@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 
 /// A bar over `len` items with rate and ETA, drawn on stderr when it is a terminal and hidden
 /// otherwise (logs and CI stay clean).
-pub(crate) fn progress_bar(len: u64, message: &'static str) -> ProgressBar {
+pub fn progress_bar(len: u64, message: &'static str) -> ProgressBar {
     let target = if std::io::stderr().is_terminal() {
         ProgressDrawTarget::stderr()
     } else {

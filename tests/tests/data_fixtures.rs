@@ -177,7 +177,7 @@ fn transform_matches_torchvision_within_two_levels() {
         let sample = DecodedSample {
             key: name.into(),
             caption: None,
-            json: None,
+            json_bytes: None,
             image_bytes: file,
             image_ext: ext.into(),
             max_pixels: u64::MAX,

@@ -63,6 +63,9 @@ fn data(b: DataBench) -> anyhow::Result<()> {
     config.epochs = Some(b.passes);
     let transform = Arc::new(ImageTransform::new(b.image_size));
     let device = Default::default();
+    // The count only sizes the progress bar (a header scan); it is not timed.
+    let total = unclip_data::count_samples(&unclip_data::spec::resolve(&b.shards)?, b.workers);
+    let bar = unclip_data_tools::progress::progress_bar(total * b.passes, "bench data");
     let start = Instant::now();
     let mut loader = Loader::new(config, Partition::SINGLE, transform, None)?;
     let mut checksum = 0f64;
@@ -70,8 +73,10 @@ fn data(b: DataBench) -> anyhow::Result<()> {
         // Batches end as tensors on the device, as in training.
         let t = batch.tensor::<Flex, 4>("image", &device)?;
         checksum += t.slice([0..1, 0..1, 0..1, 0..1]).into_scalar() as f64;
+        bar.inc(batch.len() as u64);
     }
     let seconds = start.elapsed().as_secs_f64();
+    bar.finish_and_clear();
     let summary = loader.summary();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let images_per_s = summary.samples as f64 / seconds;

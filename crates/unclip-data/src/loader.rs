@@ -837,16 +837,19 @@ fn process(
         },
         CaptionSource::Json(_) => None,
     };
-    let json = match raw.member("json") {
+    let json_bytes = match raw.member("json") {
         Some(m) => match reader.read(shards, &raw, m) {
-            Ok(bytes) => serde_json::from_slice::<serde_json::Value>(&bytes).ok(),
+            Ok(bytes) => Some(bytes),
             Err(_) => return Outcome::Skip("unreadable_member"),
         },
         None => None,
     };
     let caption = match &cfg.caption {
         CaptionSource::Txt => caption,
-        CaptionSource::Json(field) => json.as_ref().and_then(|j| caption_from_json(j, field)),
+        CaptionSource::Json(field) => json_bytes
+            .as_deref()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
+            .and_then(|j| caption_from_json(&j, field)),
     };
     if cfg.require_caption && caption.as_deref().is_none_or(str::is_empty) {
         return Outcome::Skip("missing_caption");
@@ -858,7 +861,7 @@ fn process(
     let sample = DecodedSample {
         key: raw.key,
         caption,
-        json,
+        json_bytes,
         image_bytes,
         image_ext: image.ext.clone(),
         max_pixels: cfg.max_pixels,

@@ -171,8 +171,9 @@ pub fn to_chw_unit(img: &RgbImage, out: &mut Vec<f32>) {
 pub struct DecodedSample {
     pub key: String,
     pub caption: Option<String>,
-    /// The `.json` member, when the sample has one.
-    pub json: Option<serde_json::Value>,
+    /// The `.json` member's bytes, when the sample has one; parse with [`DecodedSample::json`]
+    /// (only transforms that need it pay for parsing).
+    pub json_bytes: Option<Vec<u8>>,
     /// Raw bytes of the image member and its extension; decode with [`DecodedSample::decode`].
     pub image_bytes: Vec<u8>,
     pub image_ext: String,
@@ -182,6 +183,11 @@ pub struct DecodedSample {
 impl DecodedSample {
     pub fn decode(&self) -> Result<RgbImage, DecodeError> {
         decode_rgb(&self.image_bytes, &self.image_ext, self.max_pixels)
+    }
+
+    /// The parsed `.json` member; `None` when absent or not valid JSON.
+    pub fn json(&self) -> Option<serde_json::Value> {
+        serde_json::from_slice(self.json_bytes.as_deref()?).ok()
     }
 }
 

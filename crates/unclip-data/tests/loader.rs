@@ -329,3 +329,47 @@ fn batches_become_burn_tensors() {
     assert!(b.tensor::<Flex, 3>("image", &Default::default()).is_err());
     assert!(b.tensor::<Flex, 4>("nope", &Default::default()).is_err());
 }
+
+/// Counts examples produced by the workers, to watch how far they run ahead of the consumer.
+struct Counting {
+    inner: ImageTransform,
+    produced: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl unclip_data::SampleTransform for Counting {
+    fn apply(
+        &self,
+        s: unclip_data::transform::DecodedSample,
+        ctx: unclip_data::transform::SampleContext,
+    ) -> Result<unclip_data::transform::Example, unclip_data::transform::TransformError> {
+        self.produced
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.apply(s, ctx)
+    }
+}
+
+#[test]
+fn workers_never_run_further_ahead_than_the_prefetch_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = good_shards(dir.path(), 4, 50);
+    let produced = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut c = config(&spec, 4, 3);
+    c.prefetch_batches = 2;
+    let bound = (c.prefetch_batches * c.batch_size + c.workers) as u64;
+    let t = Arc::new(Counting {
+        inner: ImageTransform::new(4),
+        produced: produced.clone(),
+    });
+    let mut l = Loader::new(c, Partition::SINGLE, t, None).unwrap();
+    let mut consumed = 0u64;
+    for _ in 0..60 {
+        // Give the workers time to run ahead as far as they can.
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let ahead = produced.load(std::sync::atomic::Ordering::SeqCst) - consumed;
+        assert!(
+            ahead <= bound,
+            "{ahead} samples decoded ahead, bound {bound}"
+        );
+        consumed += l.next_batch().unwrap().unwrap().len() as u64;
+    }
+}

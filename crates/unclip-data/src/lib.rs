@@ -13,6 +13,7 @@ pub mod decode;
 pub mod loader;
 pub mod shard;
 pub mod spec;
+pub mod store;
 pub mod transform;
 
 pub use config::{CaptionSource, LoaderConfig, Partition};

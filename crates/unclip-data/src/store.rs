@@ -158,14 +158,21 @@ pub fn write_shard(path: &Path, shard_name: &str, e: &ShardEmbeddings) -> Result
             sumsq[d] += (*v as f64) * (*v as f64);
         }
     }
-    let mut meta = HashMap::new();
-    meta.insert("format".to_string(), STORE_FORMAT.to_string());
-    meta.insert("version".to_string(), STORE_VERSION.to_string());
-    meta.insert("shard".to_string(), shard_name.to_string());
-    meta.insert("keys".to_string(), json(&e.keys));
-    meta.insert("missing".to_string(), json(&e.missing));
-    meta.insert("image_embed_sum".to_string(), json(&sum));
-    meta.insert("image_embed_sumsq".to_string(), json(&sumsq));
+    // One metadata entry holding a JSON object: safetensors writes its metadata map in hash
+    // order, so several entries would make the file bytes differ from run to run.
+    let header = HeaderMeta {
+        format: STORE_FORMAT.into(),
+        version: STORE_VERSION,
+        shard: shard_name.into(),
+        keys: e.keys.clone(),
+        missing: e.missing.clone(),
+        image_embed_sum: sum,
+        image_embed_sumsq: sumsq,
+    };
+    let meta = HashMap::from([(
+        META_KEY.to_string(),
+        serde_json::to_string(&header).expect("plain data serialises"),
+    )]);
     fn view(dtype: Dtype, shape: Vec<usize>, data: &[u8]) -> Result<TensorView<'_>, String> {
         TensorView::new(dtype, shape, data).map_err(|e| e.to_string())
     }
@@ -198,8 +205,19 @@ pub fn write_shard(path: &Path, shard_name: &str, e: &ShardEmbeddings) -> Result
     unclip_fs::write_atomic(path, &bytes).map_err(io_err(path))
 }
 
-fn json<T: Serialize + ?Sized>(value: &T) -> String {
-    serde_json::to_string(value).expect("plain data serialises")
+/// The safetensors metadata key of a shard file's header.
+const META_KEY: &str = "unclip_embeddings";
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HeaderMeta {
+    format: String,
+    version: u32,
+    shard: String,
+    keys: Vec<String>,
+    missing: Vec<(String, String)>,
+    image_embed_sum: Vec<f64>,
+    image_embed_sumsq: Vec<f64>,
 }
 
 fn parse_header(path: &Path, meta: &HashMap<String, String>) -> Result<ShardHeader, StoreError> {
@@ -207,31 +225,24 @@ fn parse_header(path: &Path, meta: &HashMap<String, String>) -> Result<ShardHead
         path: path.to_path_buf(),
         what,
     };
-    if meta.get("format").map(String::as_str) != Some(STORE_FORMAT) {
-        return Err(bad(
-            "not written by unclip embed (format tag missing)".into()
-        ));
+    let raw = meta
+        .get(META_KEY)
+        .ok_or_else(|| bad("not written by unclip embed (format tag missing)".into()))?;
+    let h: HeaderMeta = serde_json::from_str(raw).map_err(|e| bad(e.to_string()))?;
+    if h.format != STORE_FORMAT {
+        return Err(bad(format!("format `{}`", h.format)));
     }
-    if meta.get("version").map(String::as_str) != Some(&STORE_VERSION.to_string()) {
+    if h.version != STORE_VERSION {
         return Err(bad(format!(
-            "store version {:?}; this build reads {STORE_VERSION}",
-            meta.get("version")
+            "store version {}; this build reads {STORE_VERSION}",
+            h.version
         )));
     }
-    fn field<T: serde::de::DeserializeOwned>(
-        meta: &HashMap<String, String>,
-        name: &str,
-    ) -> Result<T, String> {
-        let raw = meta
-            .get(name)
-            .ok_or_else(|| format!("no `{name}` in the header"))?;
-        serde_json::from_str(raw).map_err(|e| format!("`{name}`: {e}"))
-    }
     Ok(ShardHeader {
-        keys: field(meta, "keys").map_err(bad)?,
-        missing: field(meta, "missing").map_err(bad)?,
-        image_embed_sum: field(meta, "image_embed_sum").map_err(bad)?,
-        image_embed_sumsq: field(meta, "image_embed_sumsq").map_err(bad)?,
+        keys: h.keys,
+        missing: h.missing,
+        image_embed_sum: h.image_embed_sum,
+        image_embed_sumsq: h.image_embed_sumsq,
     })
 }
 

@@ -174,7 +174,12 @@ pub fn embed(job: &EmbedJob, embedder: &(dyn Embedder + Sync)) -> anyhow::Result
     let info = embedder.info();
     let mut manifest = match unclip_data::store::Manifest::load(&job.out) {
         Ok(m) => {
-            if m.clip != info || m.text_encodings != job.text_encodings {
+            // The folder may have moved: identity is the hashes and dims, not the path.
+            let identity = |c: &ClipInfo| ClipInfo {
+                source: String::new(),
+                ..c.clone()
+            };
+            if identity(&m.clip) != identity(&info) || m.text_encodings != job.text_encodings {
                 bail!(
                     "{} holds embeddings from another model or with other options \
                      (store: {:?}, text_encodings {}; now: {:?}, text_encodings {}); \

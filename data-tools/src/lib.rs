@@ -8,6 +8,7 @@
 //! random choice comes from `unclip-rng` keyed by (seed, sample index), and every file is written
 //! atomically through `unclip-fs`.
 
+pub mod clip_embedder;
 pub mod embed;
 pub mod encode;
 pub mod inspect;

@@ -29,8 +29,8 @@ fn text_vec(c: &str) -> Vec<f32> {
 impl Embedder for Fake {
     fn info(&self) -> ClipInfo {
         ClipInfo {
-            source: self.name.into(),
-            weights_sha256: "w".into(),
+            source: "fake".into(),
+            weights_sha256: self.name.into(),
             tokenizer_sha256: "t".into(),
             embed_dim: D,
             text_width: 2,

@@ -3,6 +3,8 @@
 //! arguments, wires the library crates together and reports errors; it holds no pipeline logic.
 
 mod bench;
+mod clip;
+mod embed;
 
 use clap::{Parser, Subcommand};
 use std::ffi::OsString;
@@ -30,6 +32,11 @@ enum Command {
     /// Build, pack and inspect datasets of image-caption tar shards.
     #[command(subcommand)]
     Data(DataCommand),
+    /// Frozen CLIP models: make a random-init one for tests and demos.
+    #[command(subcommand)]
+    Clip(clip::ClipCommand),
+    /// Precompute CLIP image/text embeddings beside the shards (resumable).
+    Embed(embed::EmbedCommand),
     /// Benchmarks; each prints one JSON line.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -43,6 +50,8 @@ enum DataCommand {
     Pack(unclip_data_tools::PackOptions),
     /// Count samples, bad samples by reason, caption/image statistics; draw a contact sheet.
     Inspect(unclip_data_tools::InspectOptions),
+    /// Build CLIP's HF tokenizer.json from the public BPE vocabulary, offline.
+    BuildTokenizer(clip::BuildTokenizerArgs),
 }
 
 fn init_logging(verbose: u8) {
@@ -113,6 +122,9 @@ fn run(command: Command) -> anyhow::Result<()> {
                 Ok(())
             }
         }
+        Command::Data(DataCommand::BuildTokenizer(a)) => clip::build_tokenizer(a),
+        Command::Clip(cmd) => clip::run(cmd),
+        Command::Embed(cmd) => embed::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
     }
 }

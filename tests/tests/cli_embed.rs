@@ -286,3 +286,93 @@ fn embed_reads_a_config_file_and_names_bad_keys() {
     let o = unclip(BIN, &["embed", "--clip", &clip, "--shards", &shards]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("missing --out"));
 }
+
+#[test]
+fn the_loader_joins_stored_embeddings_to_samples_by_key() {
+    use std::sync::Arc;
+    use unclip_data::{ImageTransform, Loader, LoaderConfig, Partition, WithEmbeddings};
+    let dir = tempfile::tempdir().unwrap();
+    let shards = synth(dir.path(), "60", "100");
+    // Add a sample whose caption is empty: `unclip embed` records it as missing.
+    let shard = Path::new(&shards).join("00000.tar");
+    let mut members = unclip_data_tools::read_shard(&shard).unwrap();
+    let png = members[0].1.clone();
+    members.push(("zz-nocaption.png".into(), png));
+    members.push(("zz-nocaption.txt".into(), Vec::new()));
+    let mut w = tar::Builder::new(Vec::new());
+    for (name, data) in &members {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(data.len() as u64);
+        h.set_cksum();
+        w.append_data(&mut h, name, &data[..]).unwrap();
+    }
+    std::fs::write(&shard, w.into_inner().unwrap()).unwrap();
+
+    let clip = clip_init(dir.path(), "5");
+    let out = dir.path().join("emb");
+    unclip_ok(
+        BIN,
+        &[
+            "embed",
+            "--clip",
+            &clip,
+            "--shards",
+            &shards,
+            "--out",
+            out.to_str().unwrap(),
+            "--text-encodings",
+        ],
+    );
+    let store = unclip_data::store::EmbeddingStore::open(&out).unwrap();
+    let stored = store.load_shard(&shard).unwrap();
+    assert_eq!(
+        stored.missing,
+        [("zz-nocaption".to_string(), "missing_caption".to_string())]
+    );
+
+    let mut c = LoaderConfig::new(shards.clone(), 4);
+    c.require_caption = false;
+    c.drop_last = false;
+    c.epochs = Some(1);
+    let join = WithEmbeddings::new(Arc::new(ImageTransform::new(16)), store, true).unwrap();
+    let mut loader = Loader::new(c, Partition::SINGLE, Arc::new(join), None).unwrap();
+    let index = stored.index();
+    let mut rows = 0;
+    while let Some(b) = loader.next_batch().unwrap() {
+        let emb = b.field("image_embed").unwrap();
+        let enc = b.field("text_encodings").unwrap();
+        assert_eq!(enc.shape[1..], [77, 64]);
+        assert_eq!(b.field("text_mask").unwrap().shape[1..], [77]);
+        for (i, key) in b.keys.iter().enumerate() {
+            let row = index[key.as_str()];
+            assert_eq!(
+                &emb.data[i * 64..(i + 1) * 64],
+                stored.image_row(row),
+                "{key}"
+            );
+            assert_eq!(
+                &b.field("text_embed").unwrap().data[i * 64..(i + 1) * 64],
+                stored.text_row(row)
+            );
+            rows += 1;
+        }
+    }
+    assert_eq!(rows, stored.len());
+    assert_eq!(loader.summary().skipped.get("missing_embedding"), Some(&1));
+    // A store without encodings cannot serve them.
+    let plain = dir.path().join("plain");
+    unclip_ok(
+        BIN,
+        &[
+            "embed",
+            "--clip",
+            &clip,
+            "--shards",
+            &shards,
+            "--out",
+            plain.to_str().unwrap(),
+        ],
+    );
+    let store = unclip_data::store::EmbeddingStore::open(&plain).unwrap();
+    assert!(WithEmbeddings::new(Arc::new(ImageTransform::new(16)), store, true).is_err());
+}

@@ -176,6 +176,7 @@ fn transform_matches_torchvision_within_two_levels() {
         // The loader's own path: bytes in, normalised CHW out.
         let sample = DecodedSample {
             key: name.into(),
+            shard: root.join(source).as_path().into(),
             caption: None,
             json_bytes: None,
             image_bytes: file,

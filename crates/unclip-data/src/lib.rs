@@ -10,6 +10,7 @@
 
 pub mod config;
 pub mod decode;
+pub mod join;
 pub mod loader;
 pub mod shard;
 pub mod spec;
@@ -17,5 +18,6 @@ pub mod store;
 pub mod transform;
 
 pub use config::{CaptionSource, LoaderConfig, Partition};
+pub use join::WithEmbeddings;
 pub use loader::{count_samples, Batch, BatchField, Cursor, DataError, Loader, LoaderSummary};
 pub use transform::{ImageTransform, SampleTransform};

@@ -859,6 +859,7 @@ fn process(
         Err(_) => return Outcome::Skip("unreadable_member"),
     };
     let sample = DecodedSample {
+        shard: shards[raw.shard as usize].as_path().into(),
         key: raw.key,
         caption,
         json_bytes,

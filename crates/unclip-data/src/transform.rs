@@ -170,6 +170,8 @@ pub fn to_chw_unit(img: &RgbImage, out: &mut Vec<f32>) {
 #[derive(Debug, Clone)]
 pub struct DecodedSample {
     pub key: String,
+    /// The shard the sample came from (keys are unique within a shard).
+    pub shard: std::sync::Arc<std::path::Path>,
     pub caption: Option<String>,
     /// The `.json` member's bytes, when the sample has one; parse with [`DecodedSample::json`]
     /// (only transforms that need it pay for parsing).

@@ -120,3 +120,36 @@ impl Embedder for ClipEmbedder {
         Ok(TextBatch { embeds, encodings })
     }
 }
+
+/// CLIP's preprocessing as a loader transform (field `pixel_values` [3, S, S]), so decoding and
+/// preprocessing run in the loader's workers.
+pub struct ClipPreprocess {
+    pub image_size: u32,
+}
+
+impl unclip_data::SampleTransform for ClipPreprocess {
+    fn apply(
+        &self,
+        sample: unclip_data::transform::DecodedSample,
+        ctx: unclip_data::transform::SampleContext,
+    ) -> Result<unclip_data::transform::Example, unclip_data::transform::TransformError> {
+        let img = sample.decode()?;
+        let data = unclip_clip::preprocess(&img, self.image_size).map_err(|e| {
+            unclip_data::transform::TransformError::Other {
+                reason: "transform_error",
+                detail: e.to_string(),
+            }
+        })?;
+        let s = self.image_size as usize;
+        Ok(unclip_data::transform::Example {
+            key: sample.key,
+            caption: sample.caption,
+            index: ctx.index,
+            fields: vec![unclip_data::transform::Field {
+                name: "pixel_values".into(),
+                shape: vec![3, s, s],
+                data,
+            }],
+        })
+    }
+}

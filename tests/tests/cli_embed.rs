@@ -376,3 +376,31 @@ fn the_loader_joins_stored_embeddings_to_samples_by_key() {
     let store = unclip_data::store::EmbeddingStore::open(&plain).unwrap();
     assert!(WithEmbeddings::new(Arc::new(ImageTransform::new(16)), store, true).is_err());
 }
+
+#[test]
+fn bench_embed_prints_one_json_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let shards = synth(dir.path(), "40", "50");
+    let clip = clip_init(dir.path(), "6");
+    let line = unclip_ok(
+        BIN,
+        &[
+            "bench",
+            "embed",
+            "--clip",
+            &clip,
+            "--shards",
+            &shards,
+            "--batch-size",
+            "8",
+        ],
+    );
+    assert_eq!(line.lines().count(), 1, "{line}");
+    let r: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(r["images"], r["captions"]);
+    assert!(r["images"].as_u64().unwrap() >= 30, "{r}");
+    assert!(
+        r["images_per_s"].as_f64().unwrap() > 0.0 && r["captions_per_s"].as_f64().unwrap() > 0.0
+    );
+    assert_eq!(r["embed_dim"].as_u64(), Some(64));
+}

@@ -11,6 +11,7 @@
 pub mod clip_embedder;
 pub mod embed;
 pub mod encode;
+pub mod import;
 pub mod inspect;
 pub mod pack;
 mod parallel;

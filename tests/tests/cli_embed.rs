@@ -404,3 +404,41 @@ fn bench_embed_prints_one_json_line() {
     );
     assert_eq!(r["embed_dim"].as_u64(), Some(64));
 }
+
+#[test]
+fn embed_import_clip_retrieval_writes_a_readable_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = unclip_tests::fixtures().join("clip-retrieval");
+    let out = dir.path().join("laion");
+    let report: serde_json::Value = serde_json::from_str(&unclip_ok(
+        BIN,
+        &[
+            "embed",
+            "import-clip-retrieval",
+            "--input",
+            input.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    ))
+    .unwrap();
+    assert_eq!(report["parts"].as_u64(), Some(2), "{report}");
+    let store = unclip_data::store::EmbeddingStore::open(&out).unwrap();
+    assert!(!store.manifest.text_encodings);
+    assert_eq!(store.manifest.shards.len(), 2);
+    let rows: u64 = store.manifest.shards.iter().map(|s| s.samples).sum();
+    assert_eq!(rows, report["samples"].as_u64().unwrap());
+    // Refused the second time without --overwrite.
+    let again = unclip(
+        BIN,
+        &[
+            "embed",
+            "import-clip-retrieval",
+            "--input",
+            input.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(again.status.code(), Some(1));
+}

@@ -16,7 +16,11 @@ pub struct EmbedCommand {
 }
 
 #[derive(Debug, Subcommand)]
-enum EmbedSub {}
+enum EmbedSub {
+    /// Import clip-retrieval output (img_emb/, text_emb/, metadata/) as an embedding store,
+    /// without re-embedding; with --shards, rows are joined to the shards by key.
+    ImportClipRetrieval(unclip_data_tools::import::ImportOptions),
+}
 
 /// Flags of `unclip embed`; each may instead come from `--config FILE` (same names, YAML).
 #[derive(Debug, Args)]
@@ -73,7 +77,9 @@ struct EmbedConfig {
 
 pub fn run(cmd: EmbedCommand) -> anyhow::Result<()> {
     match cmd.sub {
-        Some(sub) => match sub {},
+        Some(EmbedSub::ImportClipRetrieval(o)) => {
+            crate::print_json(&unclip_data_tools::import::import_clip_retrieval(&o)?)
+        }
         None => run_embed(cmd.run),
     }
 }

@@ -15,6 +15,8 @@ pub enum BenchCommand {
     /// Frozen-CLIP embedding throughput: shard bytes → image embeddings, and captions → text
     /// embeddings.
     Embed(EmbedBench),
+    /// Training-step throughput of a run config: median s/step, samples/s and parameters.
+    Train(crate::train::TrainBench),
 }
 
 #[derive(Debug, Args)]
@@ -88,6 +90,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Data(b) => data(b),
         BenchCommand::Embed(b) => embed(b),
+        BenchCommand::Train(b) => crate::train::bench_train(b),
     }
 }
 

@@ -5,6 +5,7 @@
 mod bench;
 mod clip;
 mod embed;
+mod train;
 
 use clap::{Parser, Subcommand};
 use std::ffi::OsString;
@@ -37,6 +38,10 @@ enum Command {
     Clip(clip::ClipCommand),
     /// Precompute CLIP image/text embeddings beside the shards (resumable).
     Embed(embed::EmbedCommand),
+    /// Train a stage from a YAML run config (see docs/training.md).
+    Train(train::TrainArgs),
+    /// Export a checkpoint's weights (EMA by default) as model.safetensors + config.json.
+    Export(train::ExportArgs),
     /// Benchmarks; each prints one JSON line.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -125,6 +130,8 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Data(DataCommand::BuildTokenizer(a)) => clip::build_tokenizer(a),
         Command::Clip(cmd) => clip::run(cmd),
         Command::Embed(cmd) => embed::run(cmd),
+        Command::Train(args) => train::train(args),
+        Command::Export(args) => train::export(args),
         Command::Bench(cmd) => bench::run(cmd),
     }
 }

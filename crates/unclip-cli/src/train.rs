@@ -1,0 +1,114 @@
+//! `unclip train`, `unclip export` and `unclip bench train`: argument parsing and printing
+//! only; the engine is `unclip-train`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::Args;
+use unclip_train::export::ExportDtype;
+use unclip_train::launch::{self, TrainOptions};
+use unclip_train::Resume;
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// The run config (YAML). Its `stage:` picks the model; see docs/config.md.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// The run folder (checkpoints, metrics.jsonl, loss.png, samples/); default
+    /// checkpoints/<config file name>.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Train until this many optimizer steps (overrides `optim.max_steps`).
+    #[arg(long)]
+    pub max_steps: Option<u64>,
+    /// `auto`: continue the run in --out from its `latest` checkpoint (or start it);
+    /// a path: continue from that checkpoint folder (`…/step-N`).
+    #[arg(long, value_name = "auto|PATH")]
+    pub resume: Option<String>,
+    /// Override a config value, e.g. `--set optim.lr=3e-4` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+}
+
+/// Runs `unclip train`; prints the run summary as one JSON line. SIGINT/SIGTERM save a
+/// checkpoint and stop.
+pub fn train(args: TrainArgs) -> anyhow::Result<()> {
+    let resume = match args.resume.as_deref() {
+        None => Resume::No,
+        Some("auto") => Resume::Auto,
+        Some(p) => Resume::Path(PathBuf::from(p)),
+    };
+    let opts = TrainOptions {
+        config: args.config,
+        overrides: args.overrides,
+        out: args.out,
+        max_steps: args.max_steps,
+        resume,
+    };
+    let stop = launch::stop_on_signals()?;
+    let summary = launch::train(&opts, stop)
+        .with_context(|| format!("training {} failed", opts.config.display()))?;
+    println!("{}", serde_json::to_string(&summary)?);
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// A checkpoint folder (`run/step-N`) or a run folder (its `latest` is used).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Output folder: receives config.json and model.safetensors.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Export the raw weights instead of the EMA.
+    #[arg(long)]
+    pub no_ema: bool,
+    /// Element type of the weights: f32, f16 or bf16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: ExportDtype,
+}
+
+fn checkpoint_dir(path: &Path) -> anyhow::Result<PathBuf> {
+    if path.join("state.json").exists() {
+        return Ok(path.to_path_buf());
+    }
+    unclip_train::checkpoint::latest(path)?.with_context(|| {
+        format!(
+            "{} is neither a checkpoint folder (no state.json) nor a run folder (no `latest`)",
+            path.display()
+        )
+    })
+}
+
+/// Runs `unclip export`; prints what was written as one JSON line.
+pub fn export(args: ExportArgs) -> anyhow::Result<()> {
+    let dir = checkpoint_dir(&args.checkpoint)?;
+    let report = unclip_train::export::export(&dir, &args.out, !args.no_ema, args.dtype)
+        .with_context(|| format!("exporting {} failed", dir.display()))?;
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct TrainBench {
+    /// A run config; `data.source: random` avoids measuring the loader.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Timed optimizer steps.
+    #[arg(long, default_value_t = 20)]
+    pub steps: u64,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 3)]
+    pub warmup: u64,
+    /// Override a config value (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+}
+
+/// Runs `unclip bench train`: one JSON line with the median `s_per_step`, `samples_per_s`
+/// and `params`.
+pub fn bench_train(args: TrainBench) -> anyhow::Result<()> {
+    let report = launch::bench(&args.config, &args.overrides, args.steps, args.warmup)?;
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}

@@ -1,0 +1,308 @@
+//! Checkpoints: one `step-N/` folder per save inside the run folder, written into a temporary
+//! folder, fsynced and renamed, then announced by atomically rewriting the `latest` file.
+//! An interrupted or failed save therefore never hides the last good checkpoint.
+//!
+//! A folder holds `model.mpk`, `ema.mpk` (when EMA is on), `optim.mpk` (burn's named
+//! MessagePack records, which keep the parameter ids the optimizer state is keyed by),
+//! `state.json` ([`TrainerState`]: step, loader cursor, counters, best validation loss,
+//! format version; the LR schedule and every random number are functions of seed and step)
+//! and `config.resolved.yaml`.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Record, Recorder};
+use burn::tensor::backend::Backend;
+use serde::{Deserialize, Serialize};
+use unclip_data::Cursor;
+
+use crate::config::Stage;
+use crate::TrainError;
+
+/// Version of the checkpoint layout; bumped on any incompatible change.
+pub const FORMAT_VERSION: u32 = 1;
+/// The file naming the newest complete checkpoint folder.
+pub const LATEST: &str = "latest";
+/// Environment variable that makes the writer fail on purpose (`before_rename` or
+/// `write_error`), for testing the failure paths of the real writer.
+pub const FAULT_ENV: &str = "UNCLIP_TRAIN_INJECT_FAULT";
+
+/// Counts kept across resumes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Samples that went into optimizer steps.
+    pub samples_seen: u64,
+    /// Steps skipped because the loss or a gradient was not finite.
+    pub nonfinite_skipped: u64,
+    /// Skipped steps in a row, up to now.
+    pub consecutive_nonfinite: u64,
+}
+
+/// `state.json`: everything besides tensors that a resumed run needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainerState {
+    pub format_version: u32,
+    pub stage: Stage,
+    /// Optimizer steps done.
+    pub step: u64,
+    pub seed: u64,
+    /// Hash of the resolved config.
+    pub config_hash: String,
+    /// The training loader's position (absent with `data.source: random`).
+    pub cursor: Option<Cursor>,
+    pub counters: Counters,
+    pub best_val_loss: Option<f64>,
+    pub best_step: Option<u64>,
+}
+
+/// A deliberate failure inside [`CheckpointWriter::save`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Everything written, then the save aborts before the rename.
+    BeforeRename,
+    /// An I/O error (as on a full disk) after the model file was written.
+    WriteError,
+}
+
+impl Fault {
+    /// The fault named by [`FAULT_ENV`], if any.
+    pub fn from_env() -> Option<Fault> {
+        match std::env::var(FAULT_ENV).ok()?.as_str() {
+            "before_rename" => Some(Fault::BeforeRename),
+            "write_error" => Some(Fault::WriteError),
+            _ => None,
+        }
+    }
+}
+
+/// The name of the folder of step `step`.
+pub fn step_dir_name(step: u64) -> String {
+    format!("step-{step}")
+}
+
+fn parse_step(name: &str) -> Option<u64> {
+    name.strip_prefix("step-")?.parse().ok()
+}
+
+fn recorder() -> NamedMpkFileRecorder<FullPrecisionSettings> {
+    NamedMpkFileRecorder::new()
+}
+
+fn rec_err(e: burn::record::RecorderError) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+fn sync_file(path: &Path) -> io::Result<()> {
+    File::open(path)?.sync_all()
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut f = File::create(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+/// Writes checkpoints into one run folder and keeps the last K plus the best.
+pub struct CheckpointWriter {
+    run_dir: PathBuf,
+    keep_last: u64,
+    fault: Option<Fault>,
+}
+
+/// What a checkpoint holds besides the state.
+pub struct SaveItems<'a, M, R> {
+    pub model: &'a M,
+    pub ema: Option<&'a M>,
+    /// The optimizer's record.
+    pub optim: R,
+    pub resolved_config: &'a str,
+}
+
+impl CheckpointWriter {
+    pub fn new(run_dir: impl Into<PathBuf>, keep_last: u64) -> Self {
+        Self {
+            run_dir: run_dir.into(),
+            keep_last,
+            fault: Fault::from_env(),
+        }
+    }
+
+    /// Removes temporary folders left by saves that were killed midway.
+    pub fn remove_stale(&self) {
+        let Ok(entries) = fs::read_dir(&self.run_dir) else {
+            return;
+        };
+        for e in entries.filter_map(|e| e.ok()) {
+            if e.file_name().to_string_lossy().starts_with(".tmp-step-") {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
+    }
+
+    /// Makes the next saves fail at `fault` (tests of the failure paths).
+    pub fn inject_fault(&mut self, fault: Option<Fault>) {
+        self.fault = fault;
+    }
+
+    /// Saves one checkpoint and points `latest` at it; on error the previous one stays.
+    pub fn save<B: Backend, M: Module<B>, R: Record<B>>(
+        &self,
+        items: SaveItems<'_, M, R>,
+        state: &TrainerState,
+    ) -> Result<PathBuf, TrainError> {
+        let name = step_dir_name(state.step);
+        let dir = self.run_dir.join(&name);
+        let tmp = self.run_dir.join(format!(".tmp-{name}"));
+        let result = self.write::<B, M, R>(&tmp, &dir, items, state);
+        if let Err(source) = result {
+            let _ = fs::remove_dir_all(&tmp);
+            return Err(TrainError::Save {
+                step: state.step,
+                dir,
+                source,
+            });
+        }
+        unclip_fs::write_atomic(self.run_dir.join(LATEST), format!("{name}\n").as_bytes())
+            .map_err(|source| TrainError::Save {
+                step: state.step,
+                dir: dir.clone(),
+                source,
+            })?;
+        self.prune(state.step, state.best_step);
+        Ok(dir)
+    }
+
+    fn write<B: Backend, M: Module<B>, R: Record<B>>(
+        &self,
+        tmp: &Path,
+        dir: &Path,
+        items: SaveItems<'_, M, R>,
+        state: &TrainerState,
+    ) -> io::Result<()> {
+        if tmp.exists() {
+            fs::remove_dir_all(tmp)?;
+        }
+        fs::create_dir_all(tmp)?;
+        let rec = recorder();
+        Recorder::<B>::record(&rec, items.model.clone().into_record(), tmp.join("model"))
+            .map_err(rec_err)?;
+        sync_file(&tmp.join("model.mpk"))?;
+        if self.fault == Some(Fault::WriteError) {
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                "no space left on device (injected by UNCLIP_TRAIN_INJECT_FAULT)",
+            ));
+        }
+        if let Some(ema) = items.ema {
+            Recorder::<B>::record(&rec, ema.clone().into_record(), tmp.join("ema"))
+                .map_err(rec_err)?;
+            sync_file(&tmp.join("ema.mpk"))?;
+        }
+        Recorder::<B>::record(&rec, items.optim, tmp.join("optim")).map_err(rec_err)?;
+        sync_file(&tmp.join("optim.mpk"))?;
+        let json = serde_json::to_vec_pretty(state).map_err(io::Error::other)?;
+        write_synced(&tmp.join("state.json"), &json)?;
+        write_synced(
+            &tmp.join("config.resolved.yaml"),
+            items.resolved_config.as_bytes(),
+        )?;
+        if let Ok(d) = File::open(tmp) {
+            d.sync_all()?;
+        }
+        if self.fault == Some(Fault::BeforeRename) {
+            return Err(io::Error::other(
+                "save aborted before the rename (injected by UNCLIP_TRAIN_INJECT_FAULT)",
+            ));
+        }
+        if dir.exists() {
+            fs::remove_dir_all(dir)?;
+        }
+        fs::rename(tmp, dir)?;
+        File::open(&self.run_dir)?.sync_all()
+    }
+
+    /// Removes step folders beyond the last `keep_last`, sparing `best` and `current`.
+    fn prune(&self, current: u64, best: Option<u64>) {
+        let Ok(entries) = fs::read_dir(&self.run_dir) else {
+            return;
+        };
+        let mut steps: Vec<u64> = entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| parse_step(&e.file_name().to_string_lossy()))
+            .collect();
+        steps.sort_unstable();
+        let cut = steps.len().saturating_sub(self.keep_last as usize);
+        for &s in &steps[..cut] {
+            if s != current && Some(s) != best {
+                let _ = fs::remove_dir_all(self.run_dir.join(step_dir_name(s)));
+            }
+        }
+    }
+}
+
+/// The folder `latest` names in `run_dir`, if there is one.
+pub fn latest(run_dir: &Path) -> Result<Option<PathBuf>, TrainError> {
+    let p = run_dir.join(LATEST);
+    match fs::read_to_string(&p) {
+        Ok(s) => Ok(Some(run_dir.join(s.trim()))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(TrainError::io("cannot read", p, e)),
+    }
+}
+
+/// A checkpoint folder's `state.json`, checked for its format version.
+pub fn load_state(dir: &Path) -> Result<TrainerState, TrainError> {
+    let p = dir.join("state.json");
+    let bytes = fs::read(&p).map_err(|e| TrainError::io("cannot read", &p, e))?;
+    let state: TrainerState =
+        serde_json::from_slice(&bytes).map_err(|e| TrainError::Checkpoint {
+            path: p.clone(),
+            why: e.to_string(),
+        })?;
+    if state.format_version != FORMAT_VERSION {
+        return Err(TrainError::Checkpoint {
+            path: p,
+            why: format!(
+                "format version {} (this build reads {FORMAT_VERSION})",
+                state.format_version
+            ),
+        });
+    }
+    Ok(state)
+}
+
+/// A record (`model`, `ema`, `optim`) of a checkpoint folder.
+pub fn load_record<B: Backend, R: Record<B>>(
+    dir: &Path,
+    name: &str,
+    device: &B::Device,
+) -> Result<R, TrainError> {
+    let path = dir.join(name);
+    Recorder::<B>::load(&recorder(), path.clone(), device).map_err(|e| TrainError::Checkpoint {
+        path: path.with_extension("mpk"),
+        why: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prune_keeps_the_last_k_the_best_and_the_current() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        for s in 1..=6 {
+            fs::create_dir(tmp.path().join(step_dir_name(s))).expect("mkdir");
+        }
+        fs::create_dir(tmp.path().join("samples")).expect("mkdir");
+        CheckpointWriter::new(tmp.path(), 2).prune(6, Some(2));
+        let mut left: Vec<String> = fs::read_dir(tmp.path())
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["samples", "step-2", "step-5", "step-6"]);
+    }
+}

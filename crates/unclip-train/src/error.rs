@@ -1,0 +1,59 @@
+//! Errors of the training engine. Each says what failed and where (key, file, step).
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Config(#[from] unclip_config::ConfigError),
+    #[error("{key}: {why}")]
+    Invalid { key: String, why: String },
+    #[error(transparent)]
+    Data(#[from] unclip_data::DataError),
+    #[error("diffusion: {0}")]
+    Diffusion(#[from] unclip_diffusion::DiffusionError),
+    #[error("device `{0}` needs the `{1}` cargo feature: rebuild with `--features {1}`")]
+    BackendNotCompiled(String, &'static str),
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("saving the checkpoint of step {step} into {} failed (the previous checkpoint is still `latest`): {source}", dir.display())]
+    Save {
+        step: u64,
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("checkpoint {}: {why}", path.display())]
+    Checkpoint { path: PathBuf, why: String },
+    #[error("cannot resume from {}: the config differs from the checkpoint's in:\n{diff}", path.display())]
+    IncompatibleResume { path: PathBuf, diff: String },
+    #[error("stopping at step {step}: {count} optimizer steps in a row had a non-finite loss or gradient (last loss {loss}); lower optim.lr, enable optim.grad_clip_norm or check the data")]
+    NonFinite { step: u64, count: u64, loss: f64 },
+    #[error("refusing to save step {step}: the weights are not finite")]
+    NonFiniteWeights { step: u64 },
+    #[error("the data loader ended after {batches} batches (data.epochs reached?)")]
+    DataExhausted { batches: u64 },
+    #[error("task: {0}")]
+    Task(String),
+}
+
+impl TrainError {
+    pub(crate) fn io(what: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        TrainError::Io {
+            what,
+            path: path.into(),
+            source,
+        }
+    }
+    pub(crate) fn invalid(key: impl Into<String>, why: impl Into<String>) -> Self {
+        TrainError::Invalid {
+            key: key.into(),
+            why: why.into(),
+        }
+    }
+}

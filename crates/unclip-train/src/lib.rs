@@ -1,0 +1,30 @@
+//! The training engine of unclip: one loop for every stage.
+//!
+//! Job: launch a run from a strict YAML config, train a [`TrainTask`] with AdamW (PyTorch's
+//! defaults), warm-up + cosine/constant LR, global-norm clipping, averaged gradient
+//! accumulation, an EMA and a non-finite guard; save atomic checkpoints that resume bit for
+//! bit; log metrics, validation losses, loss curves and previews; export safetensors.
+//! Boundaries: the loop never knows which model it trains (the task does); models live in
+//! `unclip-models`, diffusion math in `unclip-diffusion`, data in `unclip-data`.
+
+pub mod checkpoint;
+mod compat;
+pub mod config;
+pub mod device;
+pub mod ema;
+mod error;
+pub mod export;
+pub mod launch;
+pub mod metrics;
+pub mod optim;
+pub mod plot;
+pub mod progress;
+mod task;
+pub mod tasks;
+mod trainer;
+
+pub use compat::incompatible_changes;
+pub use config::{RunConfig, Stage};
+pub use error::TrainError;
+pub use task::TrainTask;
+pub use trainer::{Resume, RunSummary, StepReport, Trainer, HANG_ENV};

@@ -1,0 +1,248 @@
+//! `stage: denoise` — a tiny convolutional ε-model on small shapes-world images, trained with
+//! the diffusion core. It exists so the engine can be tested end to end on real shards in
+//! seconds: it has dropout, a timestep MLP, a norm and biases, like the real stages.
+
+use std::sync::Arc;
+
+use burn::module::Module;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::tensor::activation::silu;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{ElementConversion, Tensor, TensorData};
+use image::RgbImage;
+use serde::{Deserialize, Serialize};
+use unclip_data::transform::Crop;
+use unclip_data::{Batch, BatchField, ImageTransform, SampleTransform};
+use unclip_diffusion::{DiffusionConfig, GaussianDiffusion, LossOptions, Sampler};
+use unclip_models::{KeyedDropout, NoiseKey, TimestepMlp, TimestepMlpConfig};
+use unclip_rng::KeyedRng;
+
+use crate::config::{AtLeastOne, DataConfig, Fraction};
+use crate::{TrainError, TrainTask};
+
+/// The `model:` section of `stage: denoise`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DenoiseModelConfig {
+    /// Feature channels of the hidden convolutions (a multiple of 4).
+    pub channels: AtLeastOne,
+    /// Dropout probability after the norm.
+    pub dropout: Fraction,
+}
+
+impl Default for DenoiseModelConfig {
+    fn default() -> Self {
+        Self {
+            channels: AtLeastOne(16),
+            dropout: Fraction(0.1),
+        }
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Denoiser<B: Backend> {
+    pub conv_in: Conv2d<B>,
+    pub time_embed: TimestepMlp<B>,
+    pub time_proj: Linear<B>,
+    pub norm: GroupNorm<B>,
+    pub dropout: KeyedDropout,
+    pub conv_mid: Conv2d<B>,
+    pub conv_out: Conv2d<B>,
+}
+
+impl<B: Backend> Denoiser<B> {
+    pub fn new(cfg: &DenoiseModelConfig, device: &B::Device) -> Self {
+        let c = cfg.channels.0 as usize;
+        let conv = |i, o| {
+            Conv2dConfig::new([i, o], [3, 3])
+                .with_padding(PaddingConfig2d::Same)
+                .init(device)
+        };
+        Denoiser {
+            conv_in: conv(3, c),
+            time_embed: TimestepMlpConfig::new(c).init(device),
+            time_proj: LinearConfig::new(4 * c, c).init(device),
+            norm: GroupNormConfig::new(4.min(c), c).init(device),
+            dropout: KeyedDropout::new(cfg.dropout.0),
+            conv_mid: conv(c, c),
+            conv_out: conv(c, 3),
+        }
+    }
+
+    /// ε̂ for `x_t` `[N, 3, S, S]` at timesteps `t`; dropout only with a key.
+    pub fn forward(&self, x_t: Tensor<B, 4>, t: &[usize], key: Option<&NoiseKey>) -> Tensor<B, 4> {
+        let device = x_t.device();
+        let t: Vec<f64> = t.iter().map(|&s| s as f64).collect();
+        let emb = self
+            .time_proj
+            .forward(silu(self.time_embed.forward(&t, &device)));
+        let [n, c] = emb.dims();
+        let h = self.conv_in.forward(x_t) + emb.reshape([n, c, 1, 1]);
+        let h = silu(self.norm.forward(h));
+        let h = self.dropout.forward(h, key, "mid");
+        self.conv_out.forward(silu(self.conv_mid.forward(h)))
+    }
+}
+
+/// x0, x_t, the noise and the timesteps of a batch.
+type Noised<B> = (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>, Vec<usize>);
+
+/// The denoise task: model config, image transform and diffusion process.
+#[derive(Clone)]
+pub struct DenoiseTask {
+    pub model: DenoiseModelConfig,
+    pub image_size: usize,
+    transform: ImageTransform,
+    diffusion: GaussianDiffusion,
+    sampler: Sampler,
+    loss: LossOptions,
+}
+
+impl DenoiseTask {
+    pub fn new(
+        model: DenoiseModelConfig,
+        data: &DataConfig,
+        diffusion: &DiffusionConfig,
+    ) -> Result<Self, TrainError> {
+        if model.channels.0.checked_rem(4) != Some(0) {
+            return Err(TrainError::invalid(
+                "model.channels",
+                format!("must be a multiple of 4, got {}", model.channels.0),
+            ));
+        }
+        let image_size = data.image_size.0 as u32;
+        let transform = ImageTransform {
+            image_size,
+            resize_to: data.resize_to,
+            crop: if data.random_crop {
+                Crop::Random
+            } else {
+                Crop::Center
+            },
+            hflip_prob: data.hflip_prob.0,
+        };
+        transform
+            .validate()
+            .map_err(|why| TrainError::invalid("data", why))?;
+        Ok(Self {
+            model,
+            image_size: image_size as usize,
+            transform,
+            diffusion: diffusion.diffusion()?,
+            sampler: diffusion.sampler()?,
+            loss: diffusion.loss_options(),
+        })
+    }
+
+    fn noised<B: Backend>(
+        &self,
+        batch: &Batch,
+        key: &NoiseKey,
+        device: &B::Device,
+    ) -> Result<Noised<B>, TrainError> {
+        let x0 = batch.tensor::<B, 4>("image", device)? * 2.0 - 1.0;
+        let dims = x0.dims();
+        let per_row = dims[1] * dims[2] * dims[3];
+        let steps = self.diffusion.schedule().len() as u64;
+        let mut idx = Vec::with_capacity(dims[0]);
+        let mut noise = vec![0f32; dims[0] * per_row];
+        for (row, chunk) in noise.chunks_mut(per_row).enumerate() {
+            idx.push(key.rng("timestep", row).below(steps) as usize);
+            key.rng("noise", row).fill_normal_f32(chunk);
+        }
+        let noise = Tensor::<B, 4>::from_data(TensorData::new(noise, dims), device);
+        let x_t = self.diffusion.q_sample(x0.clone(), &idx, noise.clone());
+        Ok((x0, x_t, noise, idx))
+    }
+}
+
+impl<B: AutodiffBackend> TrainTask<B> for DenoiseTask {
+    type Model = Denoiser<B>;
+
+    fn init_model(&self, device: &B::Device) -> Denoiser<B> {
+        Denoiser::new(&self.model, device)
+    }
+
+    fn transform(&self) -> Arc<dyn SampleTransform> {
+        Arc::new(self.transform.clone())
+    }
+
+    fn random_batch(&self, batch_size: usize, key: &NoiseKey) -> Batch {
+        let s = self.image_size;
+        let mut data = vec![0f32; batch_size * 3 * s * s];
+        for (row, chunk) in data.chunks_mut(3 * s * s).enumerate() {
+            let mut rng = key.rng("random_batch", row);
+            chunk.iter_mut().for_each(|v| *v = rng.uniform_f32());
+        }
+        Batch {
+            epoch: 0,
+            keys: key.indices.iter().map(|i| format!("random-{i}")).collect(),
+            captions: vec![None; batch_size],
+            indices: key.indices.clone(),
+            fields: vec![BatchField {
+                name: "image".into(),
+                shape: vec![batch_size, 3, s, s],
+                data,
+            }],
+        }
+    }
+
+    fn loss(
+        &self,
+        model: &Denoiser<B>,
+        batch: &Batch,
+        key: &NoiseKey,
+        device: &B::Device,
+    ) -> Result<Tensor<B, 1>, TrainError> {
+        let (x0, x_t, noise, idx) = self.noised::<B>(batch, key, device)?;
+        let out = model.forward(x_t.clone(), &idx, Some(key));
+        let losses = self
+            .diffusion
+            .training_losses(&self.loss, out, x0, x_t, noise, &idx);
+        Ok(losses.loss.mean())
+    }
+
+    fn validation_loss_sum(
+        &self,
+        model: &Denoiser<B>,
+        batch: &Batch,
+        key: &NoiseKey,
+        device: &B::Device,
+    ) -> Result<f64, TrainError> {
+        let (x0, x_t, noise, idx) = self.noised::<B>(batch, key, device)?;
+        let out = model.forward(x_t.clone(), &idx, None);
+        let losses = self
+            .diffusion
+            .training_losses(&self.loss, out, x0, x_t, noise, &idx);
+        Ok(losses.loss.sum().into_scalar().elem::<f64>())
+    }
+
+    fn preview(
+        &self,
+        model: &Denoiser<B>,
+        count: usize,
+        key: &NoiseKey,
+        device: &B::Device,
+    ) -> Result<Option<RgbImage>, TrainError> {
+        let s = self.image_size;
+        let shape = [count, 3, s, s];
+        let normal = |purpose: &str, step: u64| {
+            let mut v = vec![0f32; count * 3 * s * s];
+            KeyedRng::new(key.seed, purpose, step, 0).fill_normal_f32(&mut v);
+            Tensor::<B, 4>::from_data(TensorData::new(v, shape), device)
+        };
+        let x0 = self.sampler.sample(
+            normal("preview_start", key.step),
+            |x, t| model.forward(x, t, None),
+            |step| normal("preview_step", key.step.wrapping_add(step as u64 + 1)),
+            |_| {},
+        );
+        let pixels: Vec<f32> = x0
+            .into_data()
+            .convert::<f32>()
+            .to_vec()
+            .map_err(|e| TrainError::Task(format!("preview: {e:?}")))?;
+        Ok(Some(crate::plot::image_grid(&pixels, count, s)))
+    }
+}

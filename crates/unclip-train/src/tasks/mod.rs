@@ -1,0 +1,3 @@
+//! The [`TrainTask`](crate::TrainTask) implementations that live in the engine itself.
+
+pub mod denoise;

@@ -1,0 +1,505 @@
+//! The one training loop. It owns the optimizer (AdamW with PyTorch's defaults), the LR
+//! schedule, global-norm clipping, gradient accumulation, the EMA, the non-finite guard,
+//! checkpoints, validation, previews and metrics; the [`TrainTask`] supplies the model and
+//! its loss. Every random number is keyed by (seed, purpose, micro-step, sample index), so a
+//! resumed run continues bit for bit.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use burn::module::{Module, ParamId};
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::{AdamW, GradientsParams, Optimizer};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::ElementConversion;
+use serde::Serialize;
+use unclip_data::{Batch, Loader, LoaderConfig, Partition};
+use unclip_models::NoiseKey;
+
+use crate::checkpoint::{self, CheckpointWriter, Counters, SaveItems, TrainerState};
+use crate::compat::{config_hash, incompatible_changes};
+use crate::config::{DataSource, RunConfig};
+use crate::ema::{all_finite, renumber_params, Ema};
+use crate::metrics::{Metrics, MetricsLine};
+use crate::optim::{self, lr_at};
+use crate::{TrainError, TrainTask};
+
+/// The step key of validation forward passes: fixed, so every validation of a run draws the
+/// same timestep and noise for a given held-out sample.
+const VALIDATION_STEP: u64 = u64::MAX;
+/// Test hook: a run stops moving (without exiting) when it reaches this step, so that a test
+/// can kill it at a known point between two checkpoints.
+pub const HANG_ENV: &str = "UNCLIP_TRAIN_TEST_HANG_AT_STEP";
+
+/// Where to start from.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Resume {
+    /// A fresh run (the run folder must not hold a checkpoint yet).
+    #[default]
+    No,
+    /// The run folder's `latest` checkpoint, or a fresh run when it has none.
+    Auto,
+    /// A given checkpoint folder.
+    Path(PathBuf),
+}
+
+/// What one optimizer step did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepReport {
+    /// Optimizer steps done after this one.
+    pub step: u64,
+    pub loss: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub samples: usize,
+    /// The loss or a gradient was not finite: no update was applied.
+    pub skipped: bool,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunSummary {
+    pub step: u64,
+    pub interrupted: bool,
+    pub last_checkpoint: Option<PathBuf>,
+    pub nonfinite_skipped: u64,
+    pub best_val_loss: Option<f64>,
+}
+
+type Adam<B, M> = OptimizerAdaptor<AdamW, M, B>;
+
+/// A run in progress: model, EMA, optimizer, data and bookkeeping.
+pub struct Trainer<B: AutodiffBackend, T: TrainTask<B>, C> {
+    task: T,
+    cfg: RunConfig<C>,
+    resolved: String,
+    device: B::Device,
+    model: T::Model,
+    ema: Option<Ema<T::Model>>,
+    optim: Adam<B, T::Model>,
+    decay: HashSet<ParamId>,
+    loader: Option<Loader>,
+    state: TrainerState,
+    run_dir: Option<PathBuf>,
+    writer: Option<CheckpointWriter>,
+    metrics: Option<Metrics>,
+    /// The step of the newest checkpoint on disk (saved or resumed from).
+    saved_step: Option<u64>,
+}
+
+impl<B, T, C> Trainer<B, T, C>
+where
+    B: AutodiffBackend,
+    T: TrainTask<B>,
+    C: crate::config::ModelSection,
+{
+    /// Sets up a run: the model (seeded, then restored when resuming), EMA, optimizer and
+    /// loader. Without `run_dir` nothing is written (benchmarks).
+    pub fn new(
+        task: T,
+        cfg: RunConfig<C>,
+        resolved: String,
+        device: B::Device,
+        run_dir: Option<PathBuf>,
+        resume: Resume,
+    ) -> Result<Self, TrainError> {
+        // Every random weight is redrawn from our keyed RNG: the same seed gives the same model
+        // on every backend, whatever burn's global stream holds.
+        let model =
+            unclip_models::keyed_init(task.init_model(&device), cfg.seed).map_err(|params| {
+                TrainError::Task(format!(
+                    "parameters {params:?} are random but of no kind keyed_init knows (Linear, \
+                 Conv, Embedding); give them a constant or a known initialiser"
+                ))
+            })?;
+        let model = renumber_params(model);
+        let decay = optim::decay_set::<B, _>(&model);
+        let mut me = Self {
+            ema: cfg
+                .ema
+                .enabled
+                .then(|| Ema::new(model.clone(), cfg.ema.clone())),
+            optim: optim::adamw::<B, T::Model>(&cfg.optim),
+            state: TrainerState {
+                format_version: checkpoint::FORMAT_VERSION,
+                stage: cfg.stage,
+                step: 0,
+                seed: cfg.seed,
+                config_hash: config_hash(&resolved),
+                cursor: None,
+                counters: Counters::default(),
+                best_val_loss: None,
+                best_step: None,
+            },
+            writer: run_dir
+                .as_ref()
+                .map(|d| CheckpointWriter::new(d.clone(), cfg.checkpoint.keep_last.0)),
+            task,
+            cfg,
+            resolved,
+            device,
+            model,
+            decay,
+            loader: None,
+            run_dir,
+            metrics: None,
+            saved_step: None,
+        };
+        let from = match (&resume, &me.run_dir) {
+            (Resume::No, Some(dir)) => {
+                if let Some(found) = checkpoint::latest(dir)? {
+                    return Err(TrainError::Checkpoint {
+                        path: found,
+                        why: "the run folder already has checkpoints: pass `--resume auto` to \
+                              continue it, or choose another --out"
+                            .into(),
+                    });
+                }
+                None
+            }
+            (Resume::No, None) => None,
+            (Resume::Auto, Some(dir)) => checkpoint::latest(dir)?,
+            (Resume::Auto, None) => None,
+            (Resume::Path(p), _) => Some(p.clone()),
+        };
+        if let Some(dir) = from {
+            me.restore(&dir)?;
+        }
+        if let Some(dir) = &me.run_dir {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| TrainError::io("cannot create the run folder", dir, e))?;
+            let p = dir.join("config.resolved.yaml");
+            unclip_fs::write_atomic(&p, me.resolved.as_bytes())
+                .map_err(|e| TrainError::io("cannot write", &p, e))?;
+            me.metrics = Some(Metrics::open(dir, me.state.step)?);
+            if let Some(w) = &me.writer {
+                w.remove_stale();
+            }
+        }
+        if me.cfg.data.source == DataSource::Shards {
+            let shards = me.cfg.data.shards.clone().ok_or_else(|| {
+                TrainError::invalid("data.shards", "required with `data.source: shards`")
+            })?;
+            me.loader = Some(Loader::new(
+                me.loader_config(shards, true),
+                Partition::SINGLE,
+                me.task.transform(),
+                me.state.cursor.clone(),
+            )?);
+        }
+        Ok(me)
+    }
+
+    fn loader_config(&self, shards: String, training: bool) -> LoaderConfig {
+        let d = &self.cfg.data;
+        let mut c = LoaderConfig::new(shards, d.batch_size.0 as usize);
+        c.workers = d.workers.0 as usize;
+        c.seed = self.cfg.seed;
+        c.shuffle = training && d.shuffle;
+        c.shuffle_buffer = d.shuffle_buffer as usize;
+        c.prefetch_batches = d.prefetch_batches.0 as usize;
+        c.require_caption = false;
+        c.drop_last = training;
+        c.epochs = (!training).then_some(1);
+        c
+    }
+
+    fn restore(&mut self, dir: &Path) -> Result<(), TrainError> {
+        let state = checkpoint::load_state(dir)?;
+        let cfg_path = dir.join("config.resolved.yaml");
+        let text = std::fs::read_to_string(&cfg_path)
+            .map_err(|e| TrainError::io("cannot read", &cfg_path, e))?;
+        let old =
+            unclip_config::from_str::<RunConfig<C>>(&text, &cfg_path.display().to_string(), &[])?;
+        let diff = incompatible_changes(&old.value, &self.cfg);
+        if !diff.is_empty() {
+            return Err(TrainError::IncompatibleResume {
+                path: dir.to_path_buf(),
+                diff: diff.join("\n"),
+            });
+        }
+        let rec = checkpoint::load_record::<B, _>(dir, "model", &self.device)?;
+        self.model = self.model.clone().load_record(rec);
+        if let Some(ema) = &mut self.ema {
+            let rec = checkpoint::load_record::<B, _>(dir, "ema", &self.device)?;
+            ema.model = ema.model.clone().load_record(rec);
+        }
+        let rec = checkpoint::load_record::<B, _>(dir, "optim", &self.device)?;
+        self.optim = optim::adamw::<B, T::Model>(&self.cfg.optim).load_record(rec);
+        self.state = TrainerState {
+            config_hash: self.state.config_hash.clone(),
+            ..state
+        };
+        self.saved_step = Some(self.state.step);
+        tracing::info!(step = self.state.step, dir = %dir.display(), "resumed");
+        Ok(())
+    }
+
+    pub fn model(&self) -> &T::Model {
+        &self.model
+    }
+    pub fn ema(&self) -> Option<&T::Model> {
+        self.ema.as_ref().map(|e| &e.model)
+    }
+    pub fn state(&self) -> &TrainerState {
+        &self.state
+    }
+    pub fn optimizer_record(&self) -> <Adam<B, T::Model> as Optimizer<T::Model, B>>::Record {
+        self.optim.to_record()
+    }
+    /// The checkpoint writer (to inject faults in tests).
+    pub fn writer_mut(&mut self) -> Option<&mut CheckpointWriter> {
+        self.writer.as_mut()
+    }
+
+    fn next_batch(&mut self, micro_step: u64) -> Result<Batch, TrainError> {
+        let bs = self.cfg.data.batch_size.0;
+        match &mut self.loader {
+            Some(loader) => loader.next_batch()?.ok_or(TrainError::DataExhausted {
+                batches: loader.summary().batches,
+            }),
+            None => {
+                let key = NoiseKey {
+                    seed: self.cfg.seed,
+                    step: micro_step,
+                    indices: (micro_step * bs..(micro_step + 1) * bs).collect(),
+                };
+                Ok(self.task.random_batch(bs as usize, &key))
+            }
+        }
+    }
+
+    /// One optimizer step over `accumulation_steps` micro-batches.
+    pub fn train_step(&mut self) -> Result<StepReport, TrainError> {
+        let step = self.state.step;
+        let accum = self.cfg.optim.accumulation_steps.0;
+        let lr = lr_at(&self.cfg.optim, step);
+        let mut grads = GradientsParams::new();
+        let (mut loss_sum, mut samples) = (0.0, 0);
+        for micro in 0..accum {
+            let micro_step = step * accum + micro;
+            let batch = self.next_batch(micro_step)?;
+            let key = NoiseKey {
+                seed: self.cfg.seed,
+                step: micro_step,
+                indices: batch.indices.clone(),
+            };
+            let loss = self.task.loss(&self.model, &batch, &key, &self.device)?;
+            loss_sum += loss.clone().into_scalar().elem::<f64>();
+            let g = GradientsParams::from_grads(loss.backward(), &self.model);
+            optim::accumulate::<B, _>(&self.model, &mut grads, g);
+            samples += batch.len();
+        }
+        if accum > 1 {
+            optim::scale::<B, _>(&self.model, &mut grads, 1.0 / accum as f64);
+        }
+        let loss = loss_sum / accum as f64;
+        let grad_norm = optim::global_norm::<B, _>(&self.model, &mut grads);
+        self.state.step += 1;
+        self.state.cursor = self.loader.as_ref().map(Loader::cursor);
+        let counters = &mut self.state.counters;
+        counters.samples_seen += samples as u64;
+        let report = StepReport {
+            step: self.state.step,
+            loss,
+            lr,
+            grad_norm,
+            samples,
+            skipped: !(loss.is_finite() && grad_norm.is_finite()),
+        };
+        if report.skipped {
+            counters.nonfinite_skipped += 1;
+            counters.consecutive_nonfinite += 1;
+            tracing::warn!(
+                step,
+                loss,
+                grad_norm,
+                "non-finite loss or gradient: step skipped"
+            );
+            if counters.consecutive_nonfinite >= self.cfg.optim.max_consecutive_nonfinite.0 {
+                return Err(TrainError::NonFinite {
+                    step: self.state.step,
+                    count: counters.consecutive_nonfinite,
+                    loss,
+                });
+            }
+            return Ok(report);
+        }
+        counters.consecutive_nonfinite = 0;
+        if let Some(max) = self.cfg.optim.grad_clip_norm {
+            let f = optim::clip_factor(grad_norm, max.0);
+            if f < 1.0 {
+                optim::scale::<B, _>(&self.model, &mut grads, f);
+            }
+        }
+        let decay = 1.0 - lr * self.cfg.optim.weight_decay;
+        let model = optim::apply_weight_decay(self.model.clone(), &self.decay, decay);
+        self.model = self.optim.step(lr, model, grads);
+        if let Some(ema) = &mut self.ema {
+            ema.update(&self.model, self.state.step);
+        }
+        Ok(report)
+    }
+
+    /// Mean validation loss over `validation.batches` batches of `data.val_shards`, with the
+    /// same timestep and noise for a sample at every validation; `None` without val shards.
+    pub fn validate(&self) -> Result<Option<f64>, TrainError> {
+        let Some(shards) = self.cfg.data.val_shards.clone() else {
+            return Ok(None);
+        };
+        let mut loader = Loader::new(
+            self.loader_config(shards, false),
+            Partition::SINGLE,
+            self.task.transform(),
+            None,
+        )?;
+        let (mut sum, mut n) = (0.0, 0usize);
+        for _ in 0..self.cfg.validation.batches.0 {
+            let Some(batch) = loader.next_batch()? else {
+                break;
+            };
+            let key = NoiseKey {
+                seed: self.cfg.seed,
+                step: VALIDATION_STEP,
+                indices: batch.indices.clone(),
+            };
+            sum += self
+                .task
+                .validation_loss_sum(&self.model, &batch, &key, &self.device)?;
+            n += batch.len();
+        }
+        Ok((n > 0).then(|| sum / n as f64))
+    }
+
+    /// Saves a checkpoint of the current step (refusing non-finite weights).
+    pub fn save(&mut self) -> Result<Option<PathBuf>, TrainError> {
+        let Some(writer) = &self.writer else {
+            return Ok(None);
+        };
+        let ema = self.ema.as_ref().map(|e| &e.model);
+        if !all_finite::<B, _>(&self.model) || !ema.is_none_or(all_finite::<B, _>) {
+            return Err(TrainError::NonFiniteWeights {
+                step: self.state.step,
+            });
+        }
+        let items = SaveItems {
+            model: &self.model,
+            ema,
+            optim: self.optim.to_record(),
+            resolved_config: &self.resolved,
+        };
+        let dir = writer.save::<B, _, _>(items, &self.state)?;
+        self.saved_step = Some(self.state.step);
+        if let Some(m) = &self.metrics {
+            m.draw_curve()?;
+        }
+        Ok(Some(dir))
+    }
+
+    fn preview(&self) -> Result<(), TrainError> {
+        let (Some(dir), every) = (&self.run_dir, self.cfg.preview.every_steps) else {
+            return Ok(());
+        };
+        if self.state.step.checked_rem(every) != Some(0) {
+            return Ok(());
+        }
+        let model = self.ema.as_ref().map_or(&self.model, |e| &e.model);
+        let key = NoiseKey {
+            seed: self.cfg.seed,
+            step: 0,
+            indices: vec![0],
+        };
+        let count = self.cfg.preview.count.0 as usize;
+        if let Some(img) = self.task.preview(model, count, &key, &self.device)? {
+            let path = dir
+                .join("samples")
+                .join(format!("step-{}.png", self.state.step));
+            crate::metrics::save_png(&img, &path)?;
+        }
+        Ok(())
+    }
+
+    /// Trains until `optim.max_steps` or until `stop` is raised (then saves and returns).
+    pub fn run(&mut self, stop: &Arc<AtomicBool>) -> Result<RunSummary, TrainError> {
+        let max = self.cfg.optim.max_steps.0;
+        let hang_at: Option<u64> = std::env::var(HANG_ENV).ok().and_then(|s| s.parse().ok());
+        let progress =
+            crate::progress::Progress::new(self.cfg.logging.progress, self.state.step, max);
+        let mut window = crate::progress::Window::new();
+        let mut last_save = Instant::now();
+        let mut last_checkpoint = None;
+        let mut interrupted = false;
+        while self.state.step < max {
+            if stop.load(Ordering::SeqCst) {
+                interrupted = true;
+                break;
+            }
+            if hang_at == Some(self.state.step) {
+                loop {
+                    std::thread::park();
+                }
+            }
+            let r = self.train_step()?;
+            window.add(&r);
+            progress.update(&r, window.samples_per_s());
+            let step = self.state.step;
+            if step.checked_rem(self.cfg.logging.every_steps.0) == Some(0) || step == max {
+                let line = MetricsLine::Train {
+                    step,
+                    loss: window.mean_loss(),
+                    lr: r.lr,
+                    grad_norm: r.grad_norm,
+                    samples_per_s: window.samples_per_s(),
+                    skipped_steps: self.state.counters.nonfinite_skipped,
+                    data_skips: self
+                        .loader
+                        .as_ref()
+                        .map(|l| l.summary().skipped.clone())
+                        .unwrap_or_default(),
+                };
+                if let Some(m) = &mut self.metrics {
+                    m.write(&line)?;
+                }
+                window = crate::progress::Window::new();
+            }
+            let every_val = self.cfg.validation.every_steps;
+            if step.checked_rem(every_val) == Some(0) {
+                if let Some(v) = self.validate()? {
+                    if self.state.best_val_loss.is_none_or(|b| v < b) {
+                        self.state.best_val_loss = Some(v);
+                        self.state.best_step = Some(step);
+                    }
+                    if let Some(m) = &mut self.metrics {
+                        m.write(&MetricsLine::Val { step, val_loss: v })?;
+                    }
+                }
+            }
+            self.preview()?;
+            let minutes = self.cfg.checkpoint.every_minutes.map(|m| m.0);
+            let due_time = minutes.is_some_and(|m| last_save.elapsed().as_secs_f64() >= m * 60.0);
+            if step.checked_rem(self.cfg.checkpoint.every_steps.0) == Some(0) || due_time {
+                last_checkpoint = self.save()?.or(last_checkpoint);
+                last_save = Instant::now();
+            }
+        }
+        if self.saved_step != Some(self.state.step) {
+            last_checkpoint = self.save()?.or(last_checkpoint);
+        }
+        progress.finish();
+        Ok(RunSummary {
+            step: self.state.step,
+            interrupted,
+            last_checkpoint,
+            nonfinite_skipped: self.state.counters.nonfinite_skipped,
+            best_val_loss: self.state.best_val_loss,
+        })
+    }
+
+    /// Trainable parameters of the model.
+    pub fn num_params(&self) -> usize {
+        self.model.num_params()
+    }
+}

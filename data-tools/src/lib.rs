@@ -23,7 +23,7 @@ pub mod synth;
 pub use encode::ImageFormat;
 pub use inspect::{inspect, InspectOptions, InspectReport};
 pub use pack::{pack, PackOptions, PackReport, ResizeMode};
-pub use shard_writer::{read_shard, shard_key, ShardSummary, ShardWriter};
+pub use shard_writer::{read_shard, shard_key, write_shard, ShardSummary, ShardWriter};
 pub use synth::{synth, SynthOptions, SynthReport};
 
 #[cfg(test)]

@@ -94,14 +94,7 @@ impl ShardWriter {
         }
         let builder = self.open.as_mut().expect("shard opened above");
         for (ext, bytes) in members {
-            let mut header = tar::Header::new_ustar();
-            header.set_size(bytes.len() as u64);
-            header.set_mode(0o644);
-            header.set_mtime(0);
-            header.set_uid(0);
-            header.set_gid(0);
-            header.set_entry_type(tar::EntryType::Regular);
-            builder.append_data(&mut header, format!("{key}.{ext}"), *bytes)?;
+            append_member(builder, &format!("{key}.{ext}"), bytes)?;
         }
         self.in_shard += 1;
         if self.in_shard == self.samples_per_shard {
@@ -208,6 +201,32 @@ pub fn prepare_output_dir(dir: &Path, overwrite: bool) -> io::Result<()> {
         std::fs::remove_file(path)?;
     }
     Ok(())
+}
+
+/// One regular member with deterministic metadata (mode 0644, mtime 0, uid/gid 0).
+fn append_member<W: std::io::Write>(
+    builder: &mut tar::Builder<W>,
+    path: &str,
+    bytes: &[u8],
+) -> io::Result<()> {
+    let mut header = tar::Header::new_ustar();
+    header.set_size(bytes.len() as u64);
+    header.set_mode(0o644);
+    header.set_mtime(0);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_entry_type(tar::EntryType::Regular);
+    builder.append_data(&mut header, path, bytes)
+}
+
+/// Write `members` (`(path, bytes)`, in order) as a tar file, atomically — the inverse of
+/// [`read_shard`] (for repairing or editing shards, and tests).
+pub fn write_shard(path: &Path, members: &[(String, Vec<u8>)]) -> io::Result<()> {
+    let mut builder = tar::Builder::new(AtomicFile::create(path)?);
+    for (name, bytes) in members {
+        append_member(&mut builder, name, bytes)?;
+    }
+    builder.into_inner()?.commit()
 }
 
 /// Every member of a tar shard as `(path, bytes)`, in file order (for inspection and tests).

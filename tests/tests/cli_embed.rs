@@ -299,14 +299,7 @@ fn the_loader_joins_stored_embeddings_to_samples_by_key() {
     let png = members[0].1.clone();
     members.push(("zz-nocaption.png".into(), png));
     members.push(("zz-nocaption.txt".into(), Vec::new()));
-    let mut w = tar::Builder::new(Vec::new());
-    for (name, data) in &members {
-        let mut h = tar::Header::new_ustar();
-        h.set_size(data.len() as u64);
-        h.set_cksum();
-        w.append_data(&mut h, name, &data[..]).unwrap();
-    }
-    std::fs::write(&shard, w.into_inner().unwrap()).unwrap();
+    unclip_data_tools::write_shard(&shard, &members).unwrap();
 
     let clip = clip_init(dir.path(), "5");
     let out = dir.path().join("emb");

@@ -28,3 +28,65 @@ pub fn unclip_ok(bin: &str, args: &[&str]) -> String {
     );
     String::from_utf8(out.stdout).expect("utf-8 output")
 }
+
+/// Exact resume through the binary: trains `train_args(out)` once straight to the end, and
+/// once in a child that the test hook parks at `hang_at` (after the checkpoint at
+/// `resumed_from`) and that is then killed with SIGKILL; continues that run with
+/// `--resume auto` and asserts that `files` of the final checkpoint `final_step` are
+/// byte-identical. Returns the two run folders (straight, killed).
+pub fn assert_kill_and_resume_identical(
+    bin: &str,
+    dir: &Path,
+    train_args: &dyn Fn(&Path) -> Vec<String>,
+    hang_at: u64,
+    resumed_from: &str,
+    final_step: &str,
+    files: &[&str],
+) -> (PathBuf, PathBuf) {
+    use std::time::{Duration, Instant};
+    let (straight, killed) = (dir.join("straight"), dir.join("killed"));
+    let args = |out: &Path, extra: &[&str]| {
+        let mut v = train_args(out);
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    unclip_ok(bin, &strs(&args(&straight, &[])));
+
+    let mut child = Command::new(bin)
+        .args(args(&killed, &[]))
+        .env("NO_COLOR", "1")
+        .env("UNCLIP_TRAIN_TEST_HANG_AT_STEP", hang_at.to_string())
+        .spawn()
+        .expect("spawn");
+    let start = Instant::now();
+    let marker = format!("\"step\":{hang_at},");
+    while !std::fs::read_to_string(killed.join("metrics.jsonl"))
+        .unwrap_or_default()
+        .contains(&marker)
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "never reached step {hang_at}"
+        );
+        assert!(child.try_wait().expect("wait").is_none(), "exited early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reap");
+    let latest = std::fs::read_to_string(killed.join("latest")).expect("latest");
+    assert_eq!(latest.trim(), resumed_from);
+
+    unclip_ok(bin, &strs(&args(&killed, &["--resume", "auto"])));
+    for f in files {
+        assert!(
+            std::fs::read(straight.join(final_step).join(f)).expect("straight")
+                == std::fs::read(killed.join(final_step).join(f)).expect("resumed"),
+            "{f} differs between the uninterrupted and the resumed run"
+        );
+    }
+    (straight, killed)
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}

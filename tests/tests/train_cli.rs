@@ -4,11 +4,9 @@
 //! a bad config fails with its file, line and key path.
 
 use std::path::Path;
-use std::process::Command;
-use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use unclip_tests::{unclip, unclip_ok};
+use unclip_tests::{assert_kill_and_resume_identical, unclip, unclip_ok};
 
 const BIN: &str = env!("CARGO_BIN_EXE_unclip-e2e");
 
@@ -85,52 +83,31 @@ fn train_args<'a>(config: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a s
 fn kill_9_then_resume_auto_matches_an_uninterrupted_run_and_exports() {
     let tmp = tempfile::tempdir().expect("tmp");
     let config = setup(tmp.path());
-    let (straight, killed) = (tmp.path().join("straight"), tmp.path().join("killed"));
-
-    let summary = json(&unclip_ok(BIN, &train_args(s(&config), s(&straight), &[])));
-    assert_eq!(summary["step"], 6, "{summary}");
-
-    let mut child = Command::new(BIN)
-        .args(train_args(s(&config), s(&killed), &[]))
-        .env("UNCLIP_TRAIN_TEST_HANG_AT_STEP", "5")
-        .spawn()
-        .expect("spawn");
-    let start = Instant::now();
-    while !std::fs::read_to_string(killed.join("metrics.jsonl"))
-        .unwrap_or_default()
-        .contains("\"step\":5,")
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "never reached step 5"
-        );
-        assert!(child.try_wait().expect("wait").is_none(), "exited early");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.kill().expect("SIGKILL");
-    child.wait().expect("reap");
-    assert_eq!(
-        std::fs::read_to_string(killed.join("latest"))
-            .expect("latest")
-            .trim(),
-        "step-3"
-    );
-
-    let summary = json(&unclip_ok(
-        BIN,
-        &train_args(s(&config), s(&killed), &["--resume", "auto"]),
-    ));
-    assert_eq!(summary["step"], 6, "{summary}");
+    let args = |out: &Path| -> Vec<String> {
+        train_args(s(&config), s(out), &[])
+            .into_iter()
+            .map(String::from)
+            .collect()
+    };
     // model and EMA records and the trainer state (step, loader cursor, counters) are
     // byte-identical; the optimizer record (a hash map, written in per-process order) is
     // compared decoded by unclip-train's own resume test.
-    for f in ["model.mpk", "ema.mpk", "state.json"] {
-        assert_eq!(
-            std::fs::read(straight.join("step-6").join(f)).expect("a"),
-            std::fs::read(killed.join("step-6").join(f)).expect("b"),
-            "{f}"
-        );
-    }
+    let (straight, killed) = assert_kill_and_resume_identical(
+        BIN,
+        tmp.path(),
+        &args,
+        5,
+        "step-3",
+        "step-6",
+        &["model.mpk", "ema.mpk", "state.json"],
+    );
+    // The metrics of the killed steps 4-5 were dropped and written once more.
+    let lines = std::fs::read_to_string(killed.join("metrics.jsonl")).expect("metrics");
+    let train_lines = lines
+        .lines()
+        .filter(|l| l.contains("\"kind\":\"train\""))
+        .count();
+    assert_eq!(train_lines, 6, "{lines}");
     assert!(killed.join("loss.png").exists() && killed.join("samples/step-6.png").exists());
 
     let (a, b) = (tmp.path().join("export-a"), tmp.path().join("export-b"));

@@ -4,6 +4,7 @@
 
 mod bench;
 mod clip;
+mod demo;
 mod embed;
 mod train;
 
@@ -17,8 +18,8 @@ use std::process::ExitCode;
     version,
     about = "Train the stages of unCLIP (DALL-E 2): prior, decoder, upsamplers",
     long_about = "Train the stages of unCLIP (DALL-E 2) from image-caption tar shards.\n\n\
-        Start with `unclip data synth --out data/shapes` to make the built-in shapes-world \
-        dataset, then `unclip data inspect data/shapes/train` to look at it."
+        `unclip demo` runs the job on the built-in shapes world; `unclip data synth --out \
+        data/shapes` makes that dataset alone, `unclip data inspect data/shapes/train` shows it."
 )]
 struct Cli {
     /// More log output (-v: info, -vv: debug). RUST_LOG overrides.
@@ -45,6 +46,8 @@ enum Command {
     /// Benchmarks; each prints one JSON line.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// The whole job on built-in data: shapes world → CLIP → embeddings (re-running resumes).
+    Demo(demo::DemoArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -133,5 +136,6 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Train(args) => train::train(args),
         Command::Export(args) => train::export(args),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Demo(args) => demo::run(args),
     }
 }

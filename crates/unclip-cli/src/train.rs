@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Args;
-use unclip_train::export::ExportDtype;
+use unclip_train::export::{ExportDtype, ExportLayout};
 use unclip_train::launch::{self, TrainOptions};
 use unclip_train::Resume;
 
@@ -66,6 +66,10 @@ pub struct ExportArgs {
     /// Element type of the weights: f32, f16 or bf16.
     #[arg(long, default_value = "f32")]
     pub dtype: ExportDtype,
+    /// `native` (unclip's config.json + model.safetensors; for a CLIP the HF transformers
+    /// folder) or `diffusers` (what diffusers' model classes load).
+    #[arg(long, default_value = "native")]
+    pub layout: ExportLayout,
 }
 
 fn checkpoint_dir(path: &Path) -> anyhow::Result<PathBuf> {
@@ -83,8 +87,9 @@ fn checkpoint_dir(path: &Path) -> anyhow::Result<PathBuf> {
 /// Runs `unclip export`; prints what was written as one JSON line.
 pub fn export(args: ExportArgs) -> anyhow::Result<()> {
     let dir = checkpoint_dir(&args.checkpoint)?;
-    let report = unclip_train::export::export(&dir, &args.out, !args.no_ema, args.dtype)
-        .with_context(|| format!("exporting {} failed", dir.display()))?;
+    let report =
+        unclip_train::export::export(&dir, &args.out, !args.no_ema, args.dtype, args.layout)
+            .with_context(|| format!("exporting {} failed", dir.display()))?;
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
 }

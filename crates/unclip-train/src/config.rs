@@ -99,6 +99,8 @@ checked_number!(
 pub enum Stage {
     /// A tiny convolutional denoiser on small images: the engine's own test task.
     Denoise,
+    /// Contrastive training of a CLIP (both towers) from scratch.
+    Clip,
 }
 
 /// What a stage's `model:` section must be.
@@ -326,6 +328,9 @@ pub struct ValidationConfig {
     pub every_steps: u64,
     /// Batches of `data.val_shards` per validation.
     pub batches: AtLeastOne,
+    /// Samples per validation batch; defaults to `data.batch_size`. Retrieval metrics rank
+    /// each sample among the others of its batch, so this sets their difficulty.
+    pub batch_size: Option<AtLeastOne>,
 }
 
 impl Default for ValidationConfig {
@@ -333,6 +338,7 @@ impl Default for ValidationConfig {
         Self {
             every_steps: 1000,
             batches: AtLeastOne(4),
+            batch_size: None,
         }
     }
 }

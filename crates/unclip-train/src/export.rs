@@ -13,9 +13,9 @@ use safetensors::tensor::{Dtype, TensorView};
 use serde::Serialize;
 
 use crate::checkpoint;
-use crate::config::Stage;
+use crate::config::{ModelSection, Stage};
 use crate::ema::renumber_params;
-use crate::launch;
+use crate::launch::{self, Loaded, StageJob, TaskFactory};
 use crate::{TrainError, TrainTask};
 
 /// Element type of the exported weights.
@@ -40,12 +40,38 @@ impl std::str::FromStr for ExportDtype {
     }
 }
 
+/// Which files an export writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExportLayout {
+    /// unclip's own: `config.json` (this [`ExportMeta`]) + `model.safetensors`; a CLIP's
+    /// native layout is the HF transformers folder.
+    #[default]
+    Native,
+    /// What diffusers' model classes load (`config.json` + `diffusion_pytorch_model.safetensors`).
+    Diffusers,
+}
+
+impl std::str::FromStr for ExportLayout {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "native" => Ok(Self::Native),
+            "diffusers" => Ok(Self::Diffusers),
+            _ => Err(format!(
+                "unknown layout `{s}`; expected native or diffusers"
+            )),
+        }
+    }
+}
+
 /// What `config.json` holds (and, compactly, the safetensors `__metadata__.unclip` entry).
 #[derive(Debug, Clone, Serialize)]
-pub struct ExportMeta<C> {
+pub struct ExportMeta {
     pub format: &'static str,
     pub stage: Stage,
-    pub model: C,
+    /// The run's `model:` section.
+    pub model: serde_json::Value,
     pub diffusion: unclip_diffusion::DiffusionConfig,
     pub image_size: u64,
     pub step: u64,
@@ -205,51 +231,75 @@ pub fn load_safetensors<B: Backend, M: Module<B>>(module: M, bytes: &[u8]) -> Re
     }
 }
 
+struct ExportJob<'a> {
+    checkpoint: &'a Path,
+    out: &'a Path,
+    use_ema: bool,
+    dtype: ExportDtype,
+    layout: ExportLayout,
+}
+
+impl StageJob for ExportJob<'_> {
+    type Output = ExportReport;
+    fn run<F: TaskFactory, C: ModelSection>(
+        self,
+        factory: F,
+        loaded: Loaded<C>,
+    ) -> Result<ExportReport, TrainError> {
+        type B = Autodiff<Flex>;
+        let state = checkpoint::load_state(self.checkpoint)?;
+        let task = factory.build::<B>();
+        let device = Default::default();
+        let model = renumber_params(task.init_model(&device));
+        let which = if self.use_ema && loaded.config.ema.enabled {
+            "ema"
+        } else {
+            "model"
+        };
+        let rec = checkpoint::load_record::<B, _>(self.checkpoint, which, &device)?;
+        let model = model.load_record(rec);
+        let c = loaded.config;
+        let meta = ExportMeta {
+            format: "unclip-export-1",
+            stage: c.stage,
+            model: serde_json::to_value(&c.model).unwrap_or_default(),
+            diffusion: c.diffusion,
+            image_size: c.data.image_size.0,
+            step: state.step,
+            config_hash: state.config_hash,
+            source: self.checkpoint.display().to_string(),
+            weights: which,
+            dtype: self.dtype,
+        };
+        std::fs::create_dir_all(self.out)
+            .map_err(|e| TrainError::io("cannot create", self.out, e))?;
+        task.export(&model, &meta, self.out, self.layout)
+    }
+}
+
 /// Exports checkpoint folder `checkpoint` into `out` (EMA weights unless `use_ema` is false).
 pub fn export(
     checkpoint: &Path,
     out: &Path,
     use_ema: bool,
     dtype: ExportDtype,
+    layout: ExportLayout,
 ) -> Result<ExportReport, TrainError> {
-    type B = Autodiff<Flex>;
     let cfg_path = checkpoint.join("config.resolved.yaml");
-    let state = checkpoint::load_state(checkpoint)?;
-    match launch::stage_of(&cfg_path, &[])? {
-        Stage::Denoise => {
-            let loaded =
-                launch::load::<crate::tasks::denoise::DenoiseModelConfig>(&cfg_path, &[], None)?;
-            let task = launch::denoise_task(&loaded.config)?;
-            let device = Default::default();
-            let model = renumber_params(TrainTask::<B>::init_model(&task, &device));
-            let which = if use_ema && loaded.config.ema.enabled {
-                "ema"
-            } else {
-                "model"
-            };
-            let rec = checkpoint::load_record::<B, _>(checkpoint, which, &device)?;
-            let model = model.load_record(rec);
-            let c = loaded.config;
-            let meta = ExportMeta {
-                format: "unclip-export-1",
-                stage: c.stage,
-                model: c.model,
-                diffusion: c.diffusion,
-                image_size: c.data.image_size.0,
-                step: state.step,
-                config_hash: state.config_hash,
-                source: checkpoint.display().to_string(),
-                weights: which,
-                dtype,
-            };
-            write_export::<B, _, _>(&model, &meta, out)
-        }
-    }
+    let job = ExportJob {
+        checkpoint,
+        out,
+        use_ema,
+        dtype,
+        layout,
+    };
+    launch::for_stage(&cfg_path, &[], None, job)
 }
 
-fn write_export<B: Backend, M: Module<B>, C: Serialize>(
+/// Writes the native layout: `config.json` (`meta`) and `model.safetensors`.
+pub fn write_native<B: Backend, M: Module<B>>(
     model: &M,
-    meta: &ExportMeta<C>,
+    meta: &ExportMeta,
     out: &Path,
 ) -> Result<ExportReport, TrainError> {
     let compact = serde_json::to_string(meta).unwrap_or_default();

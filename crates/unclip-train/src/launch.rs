@@ -9,8 +9,10 @@ use std::time::Instant;
 use burn::tensor::backend::AutodiffBackend;
 use serde::Serialize;
 
+use crate::config::ModelSection;
 use crate::config::{RunConfig, Stage, StageProbe};
 use crate::device::{dispatch, BackendJob, DeviceSpec};
+use crate::tasks::clip::{ClipModelConfig, ClipTask};
 use crate::tasks::denoise::{DenoiseModelConfig, DenoiseTask};
 use crate::trainer::{Resume, RunSummary, Trainer};
 use crate::{TrainError, TrainTask};
@@ -25,6 +27,45 @@ impl TaskFactory for DenoiseTask {
     type Task<B: AutodiffBackend> = DenoiseTask;
     fn build<B: AutodiffBackend>(&self) -> DenoiseTask {
         self.clone()
+    }
+}
+
+impl TaskFactory for ClipTask {
+    type Task<B: AutodiffBackend> = ClipTask;
+    fn build<B: AutodiffBackend>(&self) -> ClipTask {
+        self.clone()
+    }
+}
+
+/// Something done with a loaded config of any stage (train, bench, export): [`for_stage`]
+/// loads the config as its stage's type, builds the task factory and calls [`StageJob::run`].
+pub trait StageJob {
+    type Output;
+    fn run<F: TaskFactory, C: ModelSection>(
+        self,
+        factory: F,
+        loaded: Loaded<C>,
+    ) -> Result<Self::Output, TrainError>;
+}
+
+/// Reads `stage:` from `path`, loads the whole config as that stage's type and runs `job`.
+pub fn for_stage<J: StageJob>(
+    path: &Path,
+    overrides: &[String],
+    max_steps: Option<u64>,
+    job: J,
+) -> Result<J::Output, TrainError> {
+    match stage_of(path, overrides)? {
+        Stage::Denoise => {
+            let loaded = load::<DenoiseModelConfig>(path, overrides, max_steps)?;
+            let factory = denoise_task(&loaded.config)?;
+            job.run(factory, loaded)
+        }
+        Stage::Clip => {
+            let loaded = load::<ClipModelConfig>(path, overrides, max_steps)?;
+            let factory = ClipTask::new(&loaded.config)?;
+            job.run(factory, loaded)
+        }
     }
 }
 
@@ -48,7 +89,7 @@ pub struct Loaded<C> {
 }
 
 /// Loads `path` as a run config of model section `C` (`max_steps` applied as an override).
-pub fn load<C: crate::config::ModelSection>(
+pub fn load<C: ModelSection>(
     path: &Path,
     overrides: &[String],
     max_steps: Option<u64>,
@@ -93,7 +134,7 @@ struct TrainJob<F, C> {
     stop: Arc<AtomicBool>,
 }
 
-impl<F: TaskFactory, C: crate::config::ModelSection> BackendJob for TrainJob<F, C> {
+impl<F: TaskFactory, C: ModelSection> BackendJob for TrainJob<F, C> {
     type Output = RunSummary;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<RunSummary, TrainError> {
         let mut t = Trainer::<B, F::Task<B>, C>::new(
@@ -108,6 +149,33 @@ impl<F: TaskFactory, C: crate::config::ModelSection> BackendJob for TrainJob<F, 
     }
 }
 
+struct Train {
+    out: PathBuf,
+    resume: Resume,
+    stop: Arc<AtomicBool>,
+}
+
+impl StageJob for Train {
+    type Output = RunSummary;
+    fn run<F: TaskFactory, C: ModelSection>(
+        self,
+        factory: F,
+        loaded: Loaded<C>,
+    ) -> Result<RunSummary, TrainError> {
+        let spec = DeviceSpec::parse(&loaded.config.devices[0])?;
+        dispatch(
+            spec,
+            TrainJob {
+                factory,
+                loaded,
+                out: self.out,
+                resume: self.resume,
+                stop: self.stop,
+            },
+        )
+    }
+}
+
 /// Runs `unclip train`: until `optim.max_steps`, or until `stop` is raised (SIGINT/SIGTERM),
 /// then saves a checkpoint.
 pub fn train(opts: &TrainOptions, stop: Arc<AtomicBool>) -> Result<RunSummary, TrainError> {
@@ -115,23 +183,12 @@ pub fn train(opts: &TrainOptions, stop: Arc<AtomicBool>) -> Result<RunSummary, T
         let stem = opts.config.file_stem().unwrap_or_default();
         Path::new("checkpoints").join(stem)
     });
-    match stage_of(&opts.config, &opts.overrides)? {
-        Stage::Denoise => {
-            let loaded = load::<DenoiseModelConfig>(&opts.config, &opts.overrides, opts.max_steps)?;
-            let spec = DeviceSpec::parse(&loaded.config.devices[0])?;
-            let factory = denoise_task(&loaded.config)?;
-            dispatch(
-                spec,
-                TrainJob {
-                    factory,
-                    loaded,
-                    out,
-                    resume: opts.resume.clone(),
-                    stop,
-                },
-            )
-        }
-    }
+    let job = Train {
+        out,
+        resume: opts.resume.clone(),
+        stop,
+    };
+    for_stage(&opts.config, &opts.overrides, opts.max_steps, job)
 }
 
 /// `unclip bench train`'s result.
@@ -154,7 +211,7 @@ struct BenchJob<F, C> {
     warmup: u64,
 }
 
-impl<F: TaskFactory, C: crate::config::ModelSection> BackendJob for BenchJob<F, C> {
+impl<F: TaskFactory, C: ModelSection> BackendJob for BenchJob<F, C> {
     type Output = BenchReport;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<BenchReport, TrainError> {
         let stage = self.loaded.config.stage;
@@ -191,6 +248,31 @@ impl<F: TaskFactory, C: crate::config::ModelSection> BackendJob for BenchJob<F, 
     }
 }
 
+struct Bench {
+    steps: u64,
+    warmup: u64,
+}
+
+impl StageJob for Bench {
+    type Output = BenchReport;
+    fn run<F: TaskFactory, C: ModelSection>(
+        self,
+        factory: F,
+        loaded: Loaded<C>,
+    ) -> Result<BenchReport, TrainError> {
+        let spec = DeviceSpec::parse(&loaded.config.devices[0])?;
+        dispatch(
+            spec,
+            BenchJob {
+                factory,
+                loaded,
+                steps: self.steps.max(1),
+                warmup: self.warmup,
+            },
+        )
+    }
+}
+
 /// `unclip bench train`: `steps` timed optimizer steps after `warmup` untimed ones; nothing
 /// is written.
 pub fn bench(
@@ -199,22 +281,7 @@ pub fn bench(
     steps: u64,
     warmup: u64,
 ) -> Result<BenchReport, TrainError> {
-    match stage_of(config, overrides)? {
-        Stage::Denoise => {
-            let loaded = load::<DenoiseModelConfig>(config, overrides, None)?;
-            let spec = DeviceSpec::parse(&loaded.config.devices[0])?;
-            let factory = denoise_task(&loaded.config)?;
-            dispatch(
-                spec,
-                BenchJob {
-                    factory,
-                    loaded,
-                    steps: steps.max(1),
-                    warmup,
-                },
-            )
-        }
-    }
+    for_stage(config, overrides, None, Bench { steps, warmup })
 }
 
 /// A flag raised by SIGINT or SIGTERM, for [`train`]'s `stop`.

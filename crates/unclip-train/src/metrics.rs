@@ -27,6 +27,9 @@ pub enum MetricsLine {
     Val {
         step: u64,
         val_loss: f64,
+        /// The stage's validation metrics (means over the held-out samples).
+        #[serde(default, flatten)]
+        metrics: std::collections::BTreeMap<String, f64>,
     },
 }
 
@@ -64,7 +67,7 @@ impl Metrics {
                 }
                 match &m {
                     MetricsLine::Train { step, loss, .. } => train.push((*step, *loss)),
-                    MetricsLine::Val { step, val_loss } => val.push((*step, *val_loss)),
+                    MetricsLine::Val { step, val_loss, .. } => val.push((*step, *val_loss)),
                 }
                 kept.push_str(line);
                 kept.push('\n');
@@ -88,7 +91,7 @@ impl Metrics {
     pub fn write(&mut self, line: &MetricsLine) -> Result<(), TrainError> {
         match line {
             MetricsLine::Train { step, loss, .. } => self.train.push((*step, *loss)),
-            MetricsLine::Val { step, val_loss } => self.val.push((*step, *val_loss)),
+            MetricsLine::Val { step, val_loss, .. } => self.val.push((*step, *val_loss)),
         }
         let mut text = serde_json::to_string(line).unwrap_or_default();
         text.push('\n');

@@ -2,6 +2,7 @@
 //! Each stage (the engine's own `denoise` test task today; prior, decoder and upsamplers as
 //! they land) implements [`TrainTask`]; the [`Trainer`](crate::Trainer) owns everything else.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use burn::module::AutodiffModule;
@@ -11,7 +12,16 @@ use image::RgbImage;
 use unclip_data::{Batch, SampleTransform};
 use unclip_models::NoiseKey;
 
+use crate::export::{ExportLayout, ExportMeta, ExportReport};
 use crate::TrainError;
+
+/// Per-sample sums of one validation batch: the loss and any stage metrics (retrieval
+/// accuracy, cosine similarities…), each divided by the sample count when reported.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ValidationSums {
+    pub loss: f64,
+    pub metrics: Vec<(String, f64)>,
+}
 
 /// One stage's part of a run. Every random number it draws (timesteps, noise, CFG drop
 /// masks, dropout) must come from the [`NoiseKey`] it is handed.
@@ -39,15 +49,23 @@ pub trait TrainTask<B: AutodiffBackend> {
         device: &B::Device,
     ) -> Result<Tensor<B, 1>, TrainError>;
 
-    /// Sum of per-sample validation losses of `batch` (dropout off); `key` is the same at
-    /// every validation, so each held-out sample always sees the same timestep and noise.
-    fn validation_loss_sum(
+    /// Sums over the samples of `batch` of the validation loss and of the stage's own
+    /// metrics (dropout off); the trainer divides by the number of samples. `key` is the same
+    /// at every validation, so each held-out sample always sees the same timestep and noise.
+    fn validation_sums(
         &self,
         model: &Self::Model,
         batch: &Batch,
         key: &NoiseKey,
         device: &B::Device,
-    ) -> Result<f64, TrainError>;
+    ) -> Result<ValidationSums, TrainError>;
+
+    /// True when [`init_model`](Self::init_model) already draws every random weight from the
+    /// run's seed with the stage's own scheme (CLIP's, say); the trainer then keeps it as is
+    /// instead of redrawing it with `unclip_models::keyed_init`.
+    fn init_is_seeded(&self) -> bool {
+        false
+    }
 
     /// A grid of `count` samples from `model`, drawn from `key`; `None` when the stage has
     /// nothing to show.
@@ -58,4 +76,23 @@ pub trait TrainTask<B: AutodiffBackend> {
         key: &NoiseKey,
         device: &B::Device,
     ) -> Result<Option<RgbImage>, TrainError>;
+
+    /// Writes `model` (already holding the exported weights) into `out`. The default writes
+    /// the native layout (`config.json` + `model.safetensors`); stages with another layout
+    /// (CLIP's HF folder, diffusers') override it.
+    fn export(
+        &self,
+        model: &Self::Model,
+        meta: &ExportMeta,
+        out: &Path,
+        layout: ExportLayout,
+    ) -> Result<ExportReport, TrainError> {
+        match layout {
+            ExportLayout::Native => crate::export::write_native::<B, _>(model, meta, out),
+            ExportLayout::Diffusers => Err(TrainError::invalid(
+                "--layout",
+                format!("stage {:?} has no diffusers layout", meta.stage),
+            )),
+        }
+    }
 }

@@ -4,7 +4,7 @@
 //! its loss. Every random number is keyed by (seed, purpose, micro-step, sample index), so a
 //! resumed run continues bit for bit.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -25,7 +25,7 @@ use crate::config::{DataSource, RunConfig};
 use crate::ema::{all_finite, renumber_params, Ema};
 use crate::metrics::{Metrics, MetricsLine};
 use crate::optim::{self, lr_at};
-use crate::{TrainError, TrainTask};
+use crate::{TrainError, TrainTask, ValidationSums};
 
 /// The step key of validation forward passes: fixed, so every validation of a run draws the
 /// same timestep and noise for a given held-out sample.
@@ -57,6 +57,14 @@ pub struct StepReport {
     pub samples: usize,
     /// The loss or a gradient was not finite: no update was applied.
     pub skipped: bool,
+}
+
+/// One validation pass: means over its held-out samples.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Validation {
+    pub loss: f64,
+    pub metrics: BTreeMap<String, f64>,
+    pub samples: usize,
 }
 
 /// How a run ended.
@@ -108,13 +116,17 @@ where
     ) -> Result<Self, TrainError> {
         // Every random weight is redrawn from our keyed RNG: the same seed gives the same model
         // on every backend, whatever burn's global stream holds.
-        let model =
-            unclip_models::keyed_init(task.init_model(&device), cfg.seed).map_err(|params| {
+        let model = task.init_model(&device);
+        let model = if task.init_is_seeded() {
+            model
+        } else {
+            unclip_models::keyed_init(model, cfg.seed).map_err(|params| {
                 TrainError::Task(format!(
                     "parameters {params:?} are random but of no kind keyed_init knows (Linear, \
-                 Conv, Embedding); give them a constant or a known initialiser"
+                     Conv, Embedding); give them a constant or a known initialiser"
                 ))
-            })?;
+            })?
+        };
         let model = renumber_params(model);
         let decay = optim::decay_set::<B, _>(&model);
         let mut me = Self {
@@ -344,19 +356,21 @@ where
         Ok(report)
     }
 
-    /// Mean validation loss over `validation.batches` batches of `data.val_shards`, with the
-    /// same timestep and noise for a sample at every validation; `None` without val shards.
-    pub fn validate(&self) -> Result<Option<f64>, TrainError> {
+    /// Mean validation loss and stage metrics over `validation.batches` batches of
+    /// `data.val_shards`, with the same timestep and noise for a sample at every validation;
+    /// `None` without val shards.
+    pub fn validate(&self) -> Result<Option<Validation>, TrainError> {
         let Some(shards) = self.cfg.data.val_shards.clone() else {
             return Ok(None);
         };
-        let mut loader = Loader::new(
-            self.loader_config(shards, false),
-            Partition::SINGLE,
-            self.task.transform(),
-            None,
-        )?;
-        let (mut sum, mut n) = (0.0, 0usize);
+        let mut cfg = self.loader_config(shards, false);
+        if let Some(bs) = self.cfg.validation.batch_size {
+            cfg.batch_size = bs.0 as usize;
+        }
+        let mut loader = Loader::new(cfg, Partition::SINGLE, self.task.transform(), None)?;
+        let mut sums = ValidationSums::default();
+        let mut metrics: BTreeMap<String, f64> = BTreeMap::new();
+        let mut n = 0usize;
         for _ in 0..self.cfg.validation.batches.0 {
             let Some(batch) = loader.next_batch()? else {
                 break;
@@ -366,12 +380,24 @@ where
                 step: VALIDATION_STEP,
                 indices: batch.indices.clone(),
             };
-            sum += self
+            let s = self
                 .task
-                .validation_loss_sum(&self.model, &batch, &key, &self.device)?;
+                .validation_sums(&self.model, &batch, &key, &self.device)?;
+            sums.loss += s.loss;
+            for (name, v) in s.metrics {
+                *metrics.entry(name).or_default() += v;
+            }
             n += batch.len();
         }
-        Ok((n > 0).then(|| sum / n as f64))
+        if n == 0 {
+            return Ok(None);
+        }
+        metrics.values_mut().for_each(|v| *v /= n as f64);
+        Ok(Some(Validation {
+            loss: sums.loss / n as f64,
+            metrics,
+            samples: n,
+        }))
     }
 
     /// Saves a checkpoint of the current step (refusing non-finite weights).
@@ -468,12 +494,17 @@ where
             let every_val = self.cfg.validation.every_steps;
             if step.checked_rem(every_val) == Some(0) {
                 if let Some(v) = self.validate()? {
-                    if self.state.best_val_loss.is_none_or(|b| v < b) {
-                        self.state.best_val_loss = Some(v);
+                    if self.state.best_val_loss.is_none_or(|b| v.loss < b) {
+                        self.state.best_val_loss = Some(v.loss);
                         self.state.best_step = Some(step);
                     }
+                    tracing::info!(step, val_loss = v.loss, metrics = ?v.metrics, "validation");
                     if let Some(m) = &mut self.metrics {
-                        m.write(&MetricsLine::Val { step, val_loss: v })?;
+                        m.write(&MetricsLine::Val {
+                            step,
+                            val_loss: v.loss,
+                            metrics: v.metrics,
+                        })?;
                     }
                 }
             }

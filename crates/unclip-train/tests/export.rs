@@ -9,7 +9,7 @@ use std::sync::Arc;
 use burn::tensor::{Tensor, TensorData};
 use common::*;
 use unclip_train::ema::renumber_params;
-use unclip_train::export::{export, load_safetensors, ExportDtype};
+use unclip_train::export::{export, load_safetensors, ExportDtype, ExportLayout};
 use unclip_train::tasks::denoise::Denoiser;
 use unclip_train::{Resume, TrainTask};
 
@@ -26,8 +26,8 @@ fn export_is_deterministic_ema_by_default_and_loads_back_identically() {
     let ckpt = run.join("step-6");
 
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
-    export(&ckpt, &a, true, ExportDtype::F32).expect("export a");
-    export(&ckpt, &b, true, ExportDtype::F32).expect("export b");
+    export(&ckpt, &a, true, ExportDtype::F32, ExportLayout::Native).expect("export a");
+    export(&ckpt, &b, true, ExportDtype::F32, ExportLayout::Native).expect("export b");
     for f in ["config.json", "model.safetensors"] {
         assert_eq!(
             std::fs::read(a.join(f)).expect("a"),
@@ -62,12 +62,26 @@ fn export_is_deterministic_ema_by_default_and_loads_back_identically() {
     let want = ema.forward(x.clone(), &[3, 40], None).into_data();
     assert_eq!(loaded.forward(x.clone(), &[3, 40], None).into_data(), want);
     // …and differs from the raw weights, which `no_ema` exports.
-    export(&ckpt, &tmp.path().join("raw"), false, ExportDtype::F32).expect("raw");
+    export(
+        &ckpt,
+        &tmp.path().join("raw"),
+        false,
+        ExportDtype::F32,
+        ExportLayout::Native,
+    )
+    .expect("raw");
     let raw = std::fs::read(tmp.path().join("raw/model.safetensors")).expect("raw");
     assert_ne!(raw, bytes);
 
     // Half precision: half the bytes per weight, close outputs.
-    export(&ckpt, &tmp.path().join("h"), true, ExportDtype::Bf16).expect("bf16");
+    export(
+        &ckpt,
+        &tmp.path().join("h"),
+        true,
+        ExportDtype::Bf16,
+        ExportLayout::Native,
+    )
+    .expect("bf16");
     let h = std::fs::read(tmp.path().join("h/model.safetensors")).expect("h");
     let fresh: Denoiser<B> = renumber_params(TrainTask::<B>::init_model(&task, &device));
     let half = load_safetensors(fresh, &h).expect("load bf16");

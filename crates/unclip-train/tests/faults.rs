@@ -111,14 +111,14 @@ impl TrainTask<B> for NanAt {
             loss
         })
     }
-    fn validation_loss_sum(
+    fn validation_sums(
         &self,
         model: &Denoiser<B>,
         batch: &Batch,
         key: &NoiseKey,
         device: &Dev,
-    ) -> Result<f64, TrainError> {
-        self.inner.validation_loss_sum(model, batch, key, device)
+    ) -> Result<unclip_train::ValidationSums, TrainError> {
+        self.inner.validation_sums(model, batch, key, device)
     }
     fn preview(
         &self,

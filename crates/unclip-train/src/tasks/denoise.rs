@@ -19,7 +19,7 @@ use unclip_models::{KeyedDropout, NoiseKey, TimestepMlp, TimestepMlpConfig};
 use unclip_rng::KeyedRng;
 
 use crate::config::{AtLeastOne, DataConfig, Fraction};
-use crate::{TrainError, TrainTask};
+use crate::{TrainError, TrainTask, ValidationSums};
 
 /// The `model:` section of `stage: denoise`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -203,19 +203,22 @@ impl<B: AutodiffBackend> TrainTask<B> for DenoiseTask {
         Ok(losses.loss.mean())
     }
 
-    fn validation_loss_sum(
+    fn validation_sums(
         &self,
         model: &Denoiser<B>,
         batch: &Batch,
         key: &NoiseKey,
         device: &B::Device,
-    ) -> Result<f64, TrainError> {
+    ) -> Result<ValidationSums, TrainError> {
         let (x0, x_t, noise, idx) = self.noised::<B>(batch, key, device)?;
         let out = model.forward(x_t.clone(), &idx, None);
         let losses = self
             .diffusion
             .training_losses(&self.loss, out, x0, x_t, noise, &idx);
-        Ok(losses.loss.sum().into_scalar().elem::<f64>())
+        Ok(ValidationSums {
+            loss: losses.loss.sum().into_scalar().elem::<f64>(),
+            metrics: Vec::new(),
+        })
     }
 
     fn preview(

@@ -1,0 +1,45 @@
+//! `unclip demo`: finished steps are recorded and skipped when the demo runs again, and a
+//! folder made with `--quick` is not silently mixed with a full run.
+
+use std::path::Path;
+
+use serde_json::Value;
+use unclip_tests::{unclip, unclip_ok};
+
+const BIN: &str = env!("CARGO_BIN_EXE_unclip-e2e");
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+#[test]
+fn finished_steps_are_skipped_and_modes_are_not_mixed() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let out = tmp.path().join("demo");
+    let args = ["demo", "--quick", "--until", "synth", "--out", s(&out)];
+    let first: Value = serde_json::from_str(&unclip_ok(BIN, &args)).expect("json");
+    let counts = &first["synth"]["counts"];
+    assert!(counts["train"].as_u64().unwrap_or(0) > 3000, "{first}");
+    assert!(counts["val"].as_u64().unwrap_or(0) > 0, "{first}");
+    assert!(counts["holdout"].as_u64().unwrap_or(0) > 0, "{first}");
+    let shard = out.join("data/train/00000.tar");
+    let modified = std::fs::metadata(&shard)
+        .and_then(|m| m.modified())
+        .expect("shard");
+
+    let again = unclip(BIN, &args);
+    assert!(again.status.success());
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(err.contains("synth: already done"), "{err}");
+    let second: Value = serde_json::from_slice(&again.stdout).expect("json");
+    assert_eq!(first, second);
+    let unchanged = std::fs::metadata(&shard)
+        .and_then(|m| m.modified())
+        .expect("shard");
+    assert_eq!(modified, unchanged, "a finished step ran again");
+
+    let full = unclip(BIN, &["demo", "--until", "synth", "--out", s(&out)]);
+    assert_eq!(full.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&full.stderr);
+    assert!(err.contains("was made with --quick"), "{err}");
+}

@@ -46,7 +46,8 @@ enum Command {
     /// Benchmarks; each prints one JSON line.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
-    /// The whole job on built-in data: shapes world → CLIP → embeddings (re-running resumes).
+    /// The whole job on built-in data: shapes world → CLIP → embeddings → prior (re-running
+    /// resumes).
     Demo(demo::DemoArgs),
 }
 

@@ -19,6 +19,7 @@ const RESUMABLE_CHANGES: &[&str] = &[
     "data.workers",
     "data.prefetch_batches",
     "data.val_shards",
+    "data.val_embeddings",
 ];
 
 fn flatten(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, String)>) {

@@ -101,6 +101,10 @@ pub enum Stage {
     Denoise,
     /// Contrastive training of a CLIP (both towers) from scratch.
     Clip,
+    /// The diffusion prior: CLIP text embedding → CLIP image embedding.
+    Prior,
+    /// The decoder: CLIP image embedding + caption → 64 px image (ADM UNet).
+    Decoder,
 }
 
 /// What a stage's `model:` section must be.
@@ -170,6 +174,13 @@ pub struct DataConfig {
     /// Held-out shards for the validation loss.
     #[serde(default)]
     pub val_shards: Option<String>,
+    /// The embedding store (`unclip embed --out`) of `shards`, for stages conditioned on
+    /// CLIP embeddings (prior, decoder).
+    #[serde(default)]
+    pub embeddings: Option<String>,
+    /// The embedding store of `val_shards`.
+    #[serde(default)]
+    pub val_embeddings: Option<String>,
     /// Samples per micro-batch.
     pub batch_size: AtLeastOne,
     #[serde(default = "default_workers")]

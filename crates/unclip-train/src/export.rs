@@ -248,8 +248,8 @@ impl StageJob for ExportJob<'_> {
     ) -> Result<ExportReport, TrainError> {
         type B = Autodiff<Flex>;
         let state = checkpoint::load_state(self.checkpoint)?;
-        let task = factory.build::<B>();
         let device = Default::default();
+        let task = factory.build::<B>(&device)?;
         let model = renumber_params(task.init_model(&device));
         let which = if self.use_ema && loaded.config.ema.enabled {
             "ema"
@@ -318,4 +318,66 @@ pub fn write_native<B: Backend, M: Module<B>>(
         tensors: named_tensors::<B, M>(model).len(),
         step: meta.step,
     })
+}
+
+/// Writes a diffusers model folder: `config.json` (`config`) and
+/// `diffusion_pytorch_model.safetensors` (`tensors`, PyTorch layouts, in `meta.dtype`), plus
+/// `unclip_export.json` (`meta`) beside them.
+pub fn write_diffusers(
+    out: &Path,
+    config: &serde_json::Value,
+    tensors: Vec<(String, TensorData)>,
+    meta: &ExportMeta,
+) -> Result<ExportReport, TrainError> {
+    let st_dtype = match meta.dtype {
+        ExportDtype::F32 => Dtype::F32,
+        ExportDtype::F16 => Dtype::F16,
+        ExportDtype::Bf16 => Dtype::BF16,
+    };
+    let encoded: BTreeMap<String, (Vec<usize>, Vec<u8>)> = tensors
+        .into_iter()
+        .map(|(k, d)| {
+            let d = d.convert::<f32>();
+            (k, (d.shape.to_vec(), encode(&d, meta.dtype)))
+        })
+        .collect();
+    let mut views = Vec::new();
+    for (k, (shape, bytes)) in &encoded {
+        let view = TensorView::new(st_dtype, shape.clone(), bytes)
+            .map_err(|e| TrainError::Task(e.to_string()))?;
+        views.push((k.clone(), view));
+    }
+    let metadata = std::collections::HashMap::from([("format".to_owned(), "pt".to_owned())]);
+    let bytes = safetensors::serialize(views, Some(metadata))
+        .map_err(|e| TrainError::Task(e.to_string()))?;
+    let weights = out.join("diffusion_pytorch_model.safetensors");
+    let config_path = out.join("config.json");
+    let info_path = out.join("unclip_export.json");
+    let pretty = |v: &dyn erased::Json| v.pretty();
+    for (path, data) in [
+        (&weights, bytes),
+        (&config_path, pretty(config).into_bytes()),
+        (&info_path, pretty(meta).into_bytes()),
+    ] {
+        unclip_fs::write_atomic(path, &data)
+            .map_err(|e| TrainError::io("cannot write", path, e))?;
+    }
+    Ok(ExportReport {
+        config: config_path,
+        weights,
+        tensors: encoded.len(),
+        step: meta.step,
+    })
+}
+
+mod erased {
+    /// Pretty JSON with a final newline, for any serializable value.
+    pub trait Json {
+        fn pretty(&self) -> String;
+    }
+    impl<T: serde::Serialize + ?Sized> Json for T {
+        fn pretty(&self) -> String {
+            serde_json::to_string_pretty(self).unwrap_or_default() + "\n"
+        }
+    }
 }

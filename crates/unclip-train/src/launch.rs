@@ -13,27 +13,29 @@ use crate::config::ModelSection;
 use crate::config::{RunConfig, Stage, StageProbe};
 use crate::device::{dispatch, BackendJob, DeviceSpec};
 use crate::tasks::clip::{ClipModelConfig, ClipTask};
+use crate::tasks::decoder::{DecoderModelConfig, DecoderSpec};
 use crate::tasks::denoise::{DenoiseModelConfig, DenoiseTask};
+use crate::tasks::prior::{PriorModelConfig, PriorSpec};
 use crate::trainer::{Resume, RunSummary, Trainer};
 use crate::{TrainError, TrainTask};
 
-/// Builds a stage's task on any backend.
+/// Builds a stage's task on any backend (frozen models it needs are loaded on `device`).
 pub trait TaskFactory {
     type Task<B: AutodiffBackend>: TrainTask<B>;
-    fn build<B: AutodiffBackend>(&self) -> Self::Task<B>;
+    fn build<B: AutodiffBackend>(&self, device: &B::Device) -> Result<Self::Task<B>, TrainError>;
 }
 
 impl TaskFactory for DenoiseTask {
     type Task<B: AutodiffBackend> = DenoiseTask;
-    fn build<B: AutodiffBackend>(&self) -> DenoiseTask {
-        self.clone()
+    fn build<B: AutodiffBackend>(&self, _: &B::Device) -> Result<DenoiseTask, TrainError> {
+        Ok(self.clone())
     }
 }
 
 impl TaskFactory for ClipTask {
     type Task<B: AutodiffBackend> = ClipTask;
-    fn build<B: AutodiffBackend>(&self) -> ClipTask {
-        self.clone()
+    fn build<B: AutodiffBackend>(&self, _: &B::Device) -> Result<ClipTask, TrainError> {
+        Ok(self.clone())
     }
 }
 
@@ -64,6 +66,16 @@ pub fn for_stage<J: StageJob>(
         Stage::Clip => {
             let loaded = load::<ClipModelConfig>(path, overrides, max_steps)?;
             let factory = ClipTask::new(&loaded.config)?;
+            job.run(factory, loaded)
+        }
+        Stage::Prior => {
+            let loaded = load::<PriorModelConfig>(path, overrides, max_steps)?;
+            let factory = PriorSpec::new(&loaded.config)?;
+            job.run(factory, loaded)
+        }
+        Stage::Decoder => {
+            let loaded = load::<DecoderModelConfig>(path, overrides, max_steps)?;
+            let factory = DecoderSpec::new(&loaded.config)?;
             job.run(factory, loaded)
         }
     }
@@ -138,7 +150,7 @@ impl<F: TaskFactory, C: ModelSection> BackendJob for TrainJob<F, C> {
     type Output = RunSummary;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<RunSummary, TrainError> {
         let mut t = Trainer::<B, F::Task<B>, C>::new(
-            self.factory.build::<B>(),
+            self.factory.build::<B>(&device)?,
             self.loaded.config,
             self.loaded.resolved,
             device,
@@ -217,7 +229,7 @@ impl<F: TaskFactory, C: ModelSection> BackendJob for BenchJob<F, C> {
         let stage = self.loaded.config.stage;
         let dev = self.loaded.config.devices[0].clone();
         let mut t = Trainer::<B, F::Task<B>, C>::new(
-            self.factory.build::<B>(),
+            self.factory.build::<B>(&device)?,
             self.loaded.config,
             self.loaded.resolved,
             device,

@@ -26,5 +26,5 @@ mod trainer;
 pub use compat::incompatible_changes;
 pub use config::{RunConfig, Stage};
 pub use error::TrainError;
-pub use task::{TrainTask, ValidationSums};
+pub use task::{Split, TrainTask, ValidationSums};
 pub use trainer::{Resume, RunSummary, StepReport, Trainer, Validation, HANG_ENV};

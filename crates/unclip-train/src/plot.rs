@@ -5,6 +5,12 @@ use image::{Rgb, RgbImage};
 /// A roughly square grid of `count` CHW images in [-1, 1] of side `size`.
 pub fn image_grid(pixels: &[f32], count: usize, size: usize) -> RgbImage {
     let cols = (count as f64).sqrt().ceil().max(1.0) as usize;
+    image_grid_with_columns(pixels, count, size, cols)
+}
+
+/// `count` CHW images in [-1, 1] of side `size`, row by row, `cols` per row.
+pub fn image_grid_with_columns(pixels: &[f32], count: usize, size: usize, cols: usize) -> RgbImage {
+    let cols = cols.max(1);
     let rows = count.div_ceil(cols).max(1);
     let pad = 2;
     let w = (cols * (size + pad) + pad) as u32;

@@ -15,6 +15,13 @@ use unclip_models::NoiseKey;
 use crate::export::{ExportLayout, ExportMeta, ExportReport};
 use crate::TrainError;
 
+/// Which data stream a transform serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    Train,
+    Val,
+}
+
 /// Per-sample sums of one validation batch: the loss and any stage metrics (retrieval
 /// accuracy, cosine similarities…), each divided by the sample count when reported.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -33,8 +40,9 @@ pub trait TrainTask<B: AutodiffBackend> {
     /// renumbers the parameter ids.
     fn init_model(&self, device: &B::Device) -> Self::Model;
 
-    /// The per-sample transform the shard loader runs in its workers.
-    fn transform(&self) -> Arc<dyn SampleTransform>;
+    /// The per-sample transform the shard loader runs in its workers, for the training
+    /// (`data.shards`) or the validation (`data.val_shards`) stream.
+    fn transform(&self, split: Split) -> Result<Arc<dyn SampleTransform>, TrainError>;
 
     /// A batch of `batch_size` in-memory random samples of the shapes the task trains on
     /// (`data.source: random`), drawn from `key`.

@@ -25,7 +25,7 @@ use crate::config::{DataSource, RunConfig};
 use crate::ema::{all_finite, renumber_params, Ema};
 use crate::metrics::{Metrics, MetricsLine};
 use crate::optim::{self, lr_at};
-use crate::{TrainError, TrainTask, ValidationSums};
+use crate::{Split, TrainError, TrainTask, ValidationSums};
 
 /// The step key of validation forward passes: fixed, so every validation of a run draws the
 /// same timestep and noise for a given held-out sample.
@@ -198,7 +198,7 @@ where
             me.loader = Some(Loader::new(
                 me.loader_config(shards, true),
                 Partition::SINGLE,
-                me.task.transform(),
+                me.task.transform(Split::Train)?,
                 me.state.cursor.clone(),
             )?);
         }
@@ -367,7 +367,12 @@ where
         if let Some(bs) = self.cfg.validation.batch_size {
             cfg.batch_size = bs.0 as usize;
         }
-        let mut loader = Loader::new(cfg, Partition::SINGLE, self.task.transform(), None)?;
+        let mut loader = Loader::new(
+            cfg,
+            Partition::SINGLE,
+            self.task.transform(Split::Val)?,
+            None,
+        )?;
         let mut sums = ValidationSums::default();
         let mut metrics: BTreeMap<String, f64> = BTreeMap::new();
         let mut n = 0usize;

@@ -289,3 +289,38 @@ fn docs_list_every_key_with_its_default() {
         "docs/config.md and the config structs list different keys"
     );
 }
+
+/// Every shipped run config (configs/{demo,bench,paper,test}) parses as its stage's type.
+#[test]
+fn shipped_configs_load() {
+    use unclip_train::tasks::{clip::ClipModelConfig, prior::PriorModelConfig};
+    use unclip_train::Stage;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+    let mut checked = 0;
+    for dir in ["demo", "bench", "paper", "test"] {
+        let Ok(entries) = std::fs::read_dir(root.join(dir)) else {
+            continue;
+        };
+        for e in entries {
+            let path = e.expect("entry").path();
+            if path.extension().and_then(|x| x.to_str()) != Some("yaml") {
+                continue;
+            }
+            let stage = launch::stage_of(&path, &[]).expect("stage");
+            let ok = match stage {
+                Stage::Denoise => launch::load::<DenoiseModelConfig>(&path, &[], None).map(|_| ()),
+                Stage::Clip => launch::load::<ClipModelConfig>(&path, &[], None).map(|_| ()),
+                Stage::Prior => launch::load::<PriorModelConfig>(&path, &[], None).map(|_| ()),
+                Stage::Decoder => {
+                    use unclip_train::tasks::decoder::DecoderModelConfig;
+                    launch::load::<DecoderModelConfig>(&path, &[], None).map(|_| ())
+                }
+            };
+            if let Err(e) = ok {
+                panic!("{}: {e}", path.display());
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 7, "only {checked} configs found");
+}

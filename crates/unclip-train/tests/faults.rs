@@ -91,8 +91,11 @@ impl TrainTask<B> for NanAt {
     fn init_model(&self, device: &Dev) -> Denoiser<B> {
         TrainTask::<B>::init_model(&self.inner, device)
     }
-    fn transform(&self) -> Arc<dyn SampleTransform> {
-        TrainTask::<B>::transform(&self.inner)
+    fn transform(
+        &self,
+        split: unclip_train::Split,
+    ) -> Result<Arc<dyn SampleTransform>, TrainError> {
+        TrainTask::<B>::transform(&self.inner, split)
     }
     fn random_batch(&self, n: usize, key: &NoiseKey) -> Batch {
         TrainTask::<B>::random_batch(&self.inner, n, key)

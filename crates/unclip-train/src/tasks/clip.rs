@@ -25,7 +25,7 @@ use unclip_models::NoiseKey;
 
 use crate::config::{AtLeastOne, Positive, RunConfig};
 use crate::export::{ExportDtype, ExportLayout, ExportMeta, ExportReport};
-use crate::{TrainError, TrainTask, ValidationSums};
+use crate::{Split, TrainError, TrainTask, ValidationSums};
 
 /// One tower's shape (HF `CLIPTextConfig` / `CLIPVisionConfig` names).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -106,7 +106,11 @@ impl ClipModelConfig {
             ));
         }
         for (name, tower) in [("text", t), ("vision", v)] {
-            if !tower.hidden_size.0.is_multiple_of(tower.num_attention_heads.0) {
+            if !tower
+                .hidden_size
+                .0
+                .is_multiple_of(tower.num_attention_heads.0)
+            {
                 return Err(TrainError::invalid(
                     format!("model.{name}.num_attention_heads"),
                     format!(
@@ -269,25 +273,6 @@ impl ClipTask {
     }
 }
 
-/// For each query row of `sims` [n × n, row-major], whether one of its `k` most similar
-/// items has the query's own caption (so duplicate captions in a batch count as correct).
-fn hits(sims: &[f32], n: usize, captions: &[&str], k: usize, by_row: bool) -> usize {
-    (0..n)
-        .filter(|&q| {
-            let score = |j: usize| {
-                if by_row {
-                    sims[q * n + j]
-                } else {
-                    sims[j * n + q]
-                }
-            };
-            let mut order: Vec<usize> = (0..n).collect();
-            order.sort_by(|&a, &b| score(b).total_cmp(&score(a)).then(a.cmp(&b)));
-            order.iter().take(k).any(|&j| captions[j] == captions[q])
-        })
-        .count()
-}
-
 impl<B: AutodiffBackend> TrainTask<B> for ClipTask {
     type Model = Clip<B>;
 
@@ -299,11 +284,11 @@ impl<B: AutodiffBackend> TrainTask<B> for ClipTask {
         true
     }
 
-    fn transform(&self) -> Arc<dyn SampleTransform> {
-        Arc::new(ClipSample {
+    fn transform(&self, _split: Split) -> Result<Arc<dyn SampleTransform>, TrainError> {
+        Ok(Arc::new(ClipSample {
             image_size: self.config.vision_config.image_size as u32,
             tokenizer: Arc::clone(&self.tokenizer),
-        })
+        }))
     }
 
     fn random_batch(&self, batch_size: usize, key: &NoiseKey) -> Batch {
@@ -384,18 +369,14 @@ impl<B: AutodiffBackend> TrainTask<B> for ClipTask {
         for k in [1, 5] {
             metrics.push((
                 format!("i2t_top{k}"),
-                hits(&sims, n, &captions, k, true) as f64,
+                super::retrieval_hits(&sims, n, &captions, k, true) as f64,
             ));
             metrics.push((
                 format!("t2i_top{k}"),
-                hits(&sims, n, &captions, k, false) as f64,
+                super::retrieval_hits(&sims, n, &captions, k, false) as f64,
             ));
         }
-        // What a model that ranks at random scores at top-1 (duplicates make it above 1/n).
-        let chance: f64 = (0..n)
-            .map(|q| captions.iter().filter(|c| **c == captions[q]).count() as f64 / n as f64)
-            .sum();
-        metrics.push(("chance_top1".into(), chance));
+        metrics.push(("chance_top1".into(), super::chance_top1(&captions)));
         Ok(ValidationSums { loss, metrics })
     }
 
@@ -441,21 +422,5 @@ impl<B: AutodiffBackend> TrainTask<B> for ClipTask {
             tensors: model.to_hf_weights().len(),
             step: meta.step,
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn retrieval_hits_count_duplicate_captions_as_correct() {
-        // Row q's best match is column (q + 1) % 3; captions 0 and 1 are the same.
-        let sims = [0.1, 0.9, 0.0, 0.0, 0.1, 0.9, 0.9, 0.0, 0.1];
-        let caps = ["a", "a", "b"];
-        assert_eq!(hits(&sims, 3, &caps, 1, true), 1);
-        assert_eq!(hits(&sims, 3, &caps, 2, true), 3);
-        // Column q's best match is row (q + 2) % 3.
-        assert_eq!(hits(&sims, 3, &caps, 1, false), 1);
     }
 }

@@ -18,8 +18,9 @@ use unclip_diffusion::{DiffusionConfig, GaussianDiffusion, LossOptions, Sampler}
 use unclip_models::{KeyedDropout, NoiseKey, TimestepMlp, TimestepMlpConfig};
 use unclip_rng::KeyedRng;
 
+use super::Noised;
 use crate::config::{AtLeastOne, DataConfig, Fraction};
-use crate::{TrainError, TrainTask, ValidationSums};
+use crate::{Split, TrainError, TrainTask, ValidationSums};
 
 /// The `model:` section of `stage: denoise`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -85,9 +86,6 @@ impl<B: Backend> Denoiser<B> {
     }
 }
 
-/// x0, x_t, the noise and the timesteps of a batch.
-type Noised<B> = (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>, Vec<usize>);
-
 /// The denoise task: model config, image transform and diffusion process.
 #[derive(Clone)]
 pub struct DenoiseTask {
@@ -140,20 +138,9 @@ impl DenoiseTask {
         batch: &Batch,
         key: &NoiseKey,
         device: &B::Device,
-    ) -> Result<Noised<B>, TrainError> {
+    ) -> Result<Noised<B, 4>, TrainError> {
         let x0 = batch.tensor::<B, 4>("image", device)? * 2.0 - 1.0;
-        let dims = x0.dims();
-        let per_row = dims[1] * dims[2] * dims[3];
-        let steps = self.diffusion.schedule().len() as u64;
-        let mut idx = Vec::with_capacity(dims[0]);
-        let mut noise = vec![0f32; dims[0] * per_row];
-        for (row, chunk) in noise.chunks_mut(per_row).enumerate() {
-            idx.push(key.rng("timestep", row).below(steps) as usize);
-            key.rng("noise", row).fill_normal_f32(chunk);
-        }
-        let noise = Tensor::<B, 4>::from_data(TensorData::new(noise, dims), device);
-        let x_t = self.diffusion.q_sample(x0.clone(), &idx, noise.clone());
-        Ok((x0, x_t, noise, idx))
+        Ok(super::noise_keyed(&self.diffusion, x0, key))
     }
 }
 
@@ -164,8 +151,8 @@ impl<B: AutodiffBackend> TrainTask<B> for DenoiseTask {
         Denoiser::new(&self.model, device)
     }
 
-    fn transform(&self) -> Arc<dyn SampleTransform> {
-        Arc::new(self.transform.clone())
+    fn transform(&self, _split: Split) -> Result<Arc<dyn SampleTransform>, TrainError> {
+        Ok(Arc::new(self.transform.clone()))
     }
 
     fn random_batch(&self, batch_size: usize, key: &NoiseKey) -> Batch {

@@ -1,0 +1,208 @@
+//! `stage: prior` end to end through the binary, on a tiny shapes world embedded by a
+//! random-init CLIP: a run killed with SIGKILL between two checkpoints and continued with
+//! `--resume auto` ends bit-identical to an uninterrupted run (dropout and caption drops on,
+//! text encodings from the store); the export in diffusers' layout loads back; a store that
+//! is missing is a clear error.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use burn::backend::Flex;
+use burn::tensor::TensorData;
+use serde_json::Value;
+use unclip_tests::{assert_kill_and_resume_identical, unclip, unclip_ok};
+
+const BIN: &str = env!("CARGO_BIN_EXE_unclip-e2e");
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// Shards, a random CLIP, stores with text encodings; the test config with their paths.
+fn setup(dir: &Path) -> PathBuf {
+    let shapes = dir.join("shapes");
+    unclip_ok(
+        BIN,
+        &[
+            "data",
+            "synth",
+            "--out",
+            s(&shapes),
+            "--count",
+            "96",
+            "--size",
+            "20",
+            "--samples-per-shard",
+            "16",
+            "--val-fraction",
+            "0.2",
+            "--threads",
+            "1",
+        ],
+    );
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let clip = dir.join("clip");
+    unclip_ok(
+        BIN,
+        &[
+            "clip",
+            "init",
+            "--config",
+            s(&repo.join("configs/clip/tiny.json")),
+            "--seed",
+            "0",
+            "--out",
+            s(&clip),
+        ],
+    );
+    for split in ["train", "val"] {
+        unclip_ok(
+            BIN,
+            &[
+                "embed",
+                "--clip",
+                s(&clip),
+                "--shards",
+                s(&shapes.join(split)),
+                "--out",
+                s(&dir.join(format!("emb-{split}"))),
+                "--text-encodings",
+            ],
+        );
+    }
+    let text = std::fs::read_to_string(repo.join("configs/test/prior.yaml"))
+        .expect("configs/test/prior.yaml")
+        .replace("data/shapes-tiny/train", s(&shapes.join("train")))
+        .replace("data/shapes-tiny/val", s(&shapes.join("val")))
+        .replace("data/shapes-tiny/emb-train", s(&dir.join("emb-train")))
+        .replace("data/shapes-tiny/emb-val", s(&dir.join("emb-val")));
+    let config = dir.join("prior.yaml");
+    std::fs::write(&config, text).expect("write config");
+    config
+}
+
+#[test]
+fn prior_resumes_exactly_and_exports_both_layouts() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let config = setup(tmp.path());
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "train",
+            "--config",
+            s(&config),
+            "--out",
+            s(out),
+            "--max-steps",
+            "6",
+            "--set",
+            "checkpoint.every_steps=3",
+            "--set",
+            "validation.every_steps=3",
+            "--set",
+            "logging.every_steps=1",
+            "--set",
+            "logging.progress=false",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect()
+    };
+    let (straight, _) = assert_kill_and_resume_identical(
+        BIN,
+        tmp.path(),
+        &args,
+        5,
+        "step-3",
+        "step-6",
+        &["model.mpk", "ema.mpk", "state.json"],
+    );
+    let metrics = std::fs::read_to_string(straight.join("metrics.jsonl")).expect("metrics");
+    let val: Value = serde_json::from_str(
+        metrics
+            .lines()
+            .rfind(|l| l.contains("\"kind\":\"val\""))
+            .expect("a val line"),
+    )
+    .expect("json");
+    for m in [
+        "cos_pred",
+        "cos_text_baseline",
+        "cos_mean_baseline",
+        "cos_shuffled",
+        "retrieval_top1",
+    ] {
+        let x = val[m].as_f64().unwrap_or(f64::NAN);
+        assert!((-1.0..=1.0).contains(&x), "{m} = {x} in {val}");
+    }
+
+    let native = tmp.path().join("native");
+    unclip_ok(
+        BIN,
+        &["export", "--checkpoint", s(&straight), "--out", s(&native)],
+    );
+    assert!(native.join("model.safetensors").exists() && native.join("config.json").exists());
+
+    let diffusers = tmp.path().join("diffusers");
+    unclip_ok(
+        BIN,
+        &[
+            "export",
+            "--checkpoint",
+            s(&straight),
+            "--out",
+            s(&diffusers),
+            "--layout",
+            "diffusers",
+        ],
+    );
+    let config: Value =
+        serde_json::from_slice(&std::fs::read(diffusers.join("config.json")).expect("config.json"))
+            .expect("json");
+    assert_eq!(config["_class_name"], "PriorTransformer", "{config}");
+    assert_eq!(config["num_layers"], 1, "{config}");
+    assert_eq!(config["embedding_dim"], 64, "{config}");
+    let bytes = std::fs::read(diffusers.join("diffusion_pytorch_model.safetensors")).expect("st");
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
+    let tensors: BTreeMap<String, TensorData> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, v)| {
+            let values: Vec<f32> = v
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            (name, TensorData::new(values, v.shape().to_vec()))
+        })
+        .collect();
+    let model = unclip_models::prior_from_diffusers::<Flex>(&config, &tensors, &Default::default())
+        .expect("the diffusers export imports");
+    // The standardisation statistics travel with the weights.
+    let std: Vec<f32> = model.clip_std.val().into_data().to_vec().expect("f32");
+    assert!(
+        std.iter().any(|&v| v != 1.0),
+        "clip_std left at its default"
+    );
+}
+
+#[test]
+fn a_missing_embedding_store_is_a_clear_error() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let config = setup(tmp.path());
+    let out = unclip(
+        BIN,
+        &[
+            "train",
+            "--config",
+            s(&config),
+            "--out",
+            s(&tmp.path().join("run")),
+            "--set",
+            &format!("data.embeddings={}", s(&tmp.path().join("missing"))),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("data.embeddings"), "{err}");
+    assert!(!tmp.path().join("run").exists());
+}

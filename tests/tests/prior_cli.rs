@@ -206,3 +206,61 @@ fn a_missing_embedding_store_is_a_clear_error() {
     assert!(err.contains("data.embeddings"), "{err}");
     assert!(!tmp.path().join("run").exists());
 }
+
+/// `text_encodings: on_the_fly` computes with the frozen CLIP what the store holds (f16 there):
+/// two runs that differ only in that setting draw the same drops and noise and see the same
+/// first-step loss up to the store's rounding.
+#[test]
+fn on_the_fly_encodings_match_the_store() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let config = setup(tmp.path());
+    let first_loss = |name: &str, extra: &[&str]| -> f64 {
+        let out = tmp.path().join(name);
+        let mut args = vec![
+            "train",
+            "--config",
+            s(&config),
+            "--out",
+            s(&out),
+            "--max-steps",
+            "1",
+            "--set",
+            "validation.every_steps=0",
+            "--set",
+            "logging.every_steps=1",
+            "--set",
+            "logging.progress=false",
+        ];
+        args.extend_from_slice(extra);
+        unclip_ok(BIN, &args);
+        let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).expect("metrics");
+        let line: Value =
+            serde_json::from_str(metrics.lines().next().expect("a line")).expect("json");
+        line["loss"].as_f64().expect("loss")
+    };
+    let store = first_loss("store", &[]);
+    let clip = format!("model.clip={}", s(&tmp.path().join("clip")));
+    let fly = first_loss(
+        "fly",
+        &["--set", "model.text_encodings=on_the_fly", "--set", &clip],
+    );
+    assert!(
+        (store - fly).abs() <= 2e-2 * store.abs(),
+        "store {store} vs on the fly {fly}"
+    );
+    // Without the CLIP it names the missing key.
+    let out = unclip(
+        BIN,
+        &[
+            "train",
+            "--config",
+            s(&config),
+            "--out",
+            s(&tmp.path().join("x")),
+            "--set",
+            "model.text_encodings=on_the_fly",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("model.clip"));
+}

@@ -67,9 +67,18 @@ pub struct PriorConfig {
     /// Hidden width of the timestep MLP (diffusers' `time_embed_dim`); `None` = `width`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_embed_dim: Option<usize>,
+    /// Hidden width of each block's MLP as a multiple of `width`; `None` = 4 (diffusers'
+    /// only value; the diffusers layout refuses others).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ff_mult: Option<usize>,
 }
 
 impl PriorConfig {
+    /// The hidden width of the blocks' MLPs: `ff_mult · width` (4 · width when unset).
+    pub fn ff_width(&self) -> usize {
+        self.ff_mult.unwrap_or(4) * self.width
+    }
+
     /// The hidden width of the timestep MLP: `time_embed_dim`, or `width` when unset.
     pub fn time_width(&self) -> usize {
         self.time_embed_dim.unwrap_or(self.width)
@@ -84,6 +93,7 @@ impl PriorConfig {
             ("text_len", self.text_len),
             ("text_width", self.text_width),
             ("time_embed_dim", self.time_width()),
+            ("ff_mult", self.ff_mult.unwrap_or(4)),
         ];
         if let Some((name, _)) = nonzero.iter().find(|(_, v)| *v == 0) {
             return Err(format!("prior config: {name} must be > 0"));
@@ -127,8 +137,8 @@ impl PriorConfig {
                 },
                 norm3: LayerNormConfig::new(w).init(device),
                 ff: PriorFeedForward {
-                    proj: linear(w, 4 * w),
-                    out: linear(4 * w, w),
+                    proj: linear(w, self.ff_width()),
+                    out: linear(self.ff_width(), w),
                 },
                 dropout: KeyedDropout::new(self.dropout),
             })
@@ -161,7 +171,8 @@ impl PriorConfig {
         let (w, d, l, tw) = (self.width, self.embed_dim, self.text_len, self.text_width);
         let te = self.time_width();
         let linear = |i: usize, o: usize| i * o + o;
-        let block = 2 * w + 4 * linear(w, w) + 2 * w + linear(w, 4 * w) + linear(4 * w, w);
+        let f = self.ff_width();
+        let block = 2 * w + 4 * linear(w, w) + 2 * w + linear(w, f) + linear(f, w);
         linear(w, te)
             + linear(te, w)
             + 2 * linear(d, w)
@@ -472,6 +483,12 @@ pub fn prior_to_diffusers<B: Backend>(
     m: &PriorTransformer<B>,
 ) -> Result<(Value, Vec<(String, TensorData)>), String> {
     let c = &m.config;
+    if c.ff_width() != 4 * c.width {
+        return Err(format!(
+            "diffusers' PriorTransformer has MLPs of 4 x width; this prior has ff_mult {}",
+            c.ff_width() / c.width
+        ));
+    }
     if c.text_width != c.embed_dim {
         return Err(format!(
             "diffusers' PriorTransformer cannot hold text_width {} != embed_dim {}: its \
@@ -786,6 +803,7 @@ pub fn config_from_diffusers(config: &Value) -> Result<PriorConfig, String> {
         dropout,
         // diffusers: `time_embed_dim or inner_dim`, so 0 is the default too.
         time_embed_dim: opt_int("time_embed_dim")?.filter(|&v| v != 0),
+        ff_mult: None,
     };
     c.check()
         .map_err(|e| format!("diffusers prior config: {e}"))?;
@@ -887,6 +905,7 @@ mod tests {
             text_width: 7,
             dropout,
             time_embed_dim: None,
+            ff_mult: None,
         }
     }
 
@@ -1028,12 +1047,14 @@ mod tests {
         assert_eq!(c.num_params(), c.init::<B>(&d).num_params());
         let c = PriorConfig {
             time_embed_dim: Some(20),
+            ff_mult: None,
             ..small(0.0)
         };
         assert_eq!(c.num_params(), c.init::<B>(&d).num_params());
         // Explicitly the width is the same model as the default.
         let same = PriorConfig {
             time_embed_dim: Some(8),
+            ff_mult: None,
             ..small(0.0)
         };
         assert_eq!(same.num_params(), small(0.0).num_params());
@@ -1047,6 +1068,7 @@ mod tests {
                 text_width: 512,
                 dropout: 0.0,
                 time_embed_dim,
+                ff_mult: None,
             };
             let n = big.init::<B>(&d).num_params();
             assert_eq!(big.num_params(), n);
@@ -1065,6 +1087,7 @@ mod tests {
         assert_eq!(serde_json::from_value::<PriorConfig>(v).unwrap(), c);
         let c = PriorConfig {
             time_embed_dim: Some(32),
+            ff_mult: None,
             ..small(0.0)
         };
         let v = serde_json::to_value(&c).unwrap();
@@ -1072,6 +1095,7 @@ mod tests {
         assert_eq!(serde_json::from_value::<PriorConfig>(v).unwrap(), c);
         let zero = PriorConfig {
             time_embed_dim: Some(0),
+            ff_mult: None,
             ..small(0.0)
         };
         assert!(zero.check().unwrap_err().contains("time_embed_dim"));
@@ -1127,6 +1151,7 @@ mod tests {
         // A wider timestep MLP travels both ways.
         let wide = PriorConfig {
             time_embed_dim: Some(32),
+            ff_mult: None,
             ..c.clone()
         };
         let m = model(&wide);

@@ -193,6 +193,9 @@ impl Conditioning {
         Ok(me)
     }
 
+    /// Sets up `on_the_fly`: the tokenizer of the frozen CLIP in `clip`, and the empty
+    /// caption's embedding, encodings and mask computed by that CLIP (so that dropped captions
+    /// look exactly like the encodings computed per batch).
     fn enable_on_the_fly(&mut self, clip: Option<&Path>) -> Result<(), TrainError> {
         let dir = clip.ok_or_else(|| {
             TrainError::invalid(
@@ -206,9 +209,35 @@ impl Conditioning {
         } else {
             ClipTokenizer::bundled()
         }
-        .map_err(|e| store_error("model.clip", e))?;
-        self.tokenizer = Some(Arc::new(tokenizer.with_context_length(self.dims.text_len)));
+        .map_err(|e| store_error("model.clip", e))?
+        .with_context_length(self.dims.text_len);
         self.clip_dir = Some(dir.to_path_buf());
+        type Cpu = burn::backend::Flex;
+        let device = Default::default();
+        let model = self
+            .load_clip::<Cpu>(&device)?
+            .ok_or_else(|| TrainError::Task("no frozen CLIP".into()))?;
+        let ids = tokenizer
+            .encode("")
+            .map_err(|e| store_error("model.clip", e))?
+            .ids;
+        let out = model.encode_text(&[ids]);
+        let values = |t: TensorData| -> Result<Vec<f32>, TrainError> {
+            t.convert::<f32>()
+                .to_vec()
+                .map_err(|e| TrainError::Task(format!("empty caption: {e:?}")))
+        };
+        let mask: Vec<bool> = out
+            .text_mask
+            .into_data()
+            .to_vec()
+            .map_err(|e| TrainError::Task(format!("empty caption: {e:?}")))?;
+        self.empty = Arc::new(EmptyCaption {
+            text_embed: values(out.text_embeds.into_data())?,
+            encodings: Some(values(out.text_encodings.into_data())?),
+            mask: Some(mask),
+        });
+        self.tokenizer = Some(Arc::new(tokenizer));
         Ok(())
     }
 

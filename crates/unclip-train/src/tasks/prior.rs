@@ -42,6 +42,9 @@ pub struct PriorModelConfig {
     pub heads: AtLeastOne,
     /// Hidden width of the timestep MLP; absent = `width` (diffusers' default).
     pub time_embed_dim: Option<AtLeastOne>,
+    /// Hidden width of the blocks' MLPs as a multiple of `width`; absent = 4 (diffusers' only
+    /// value: the diffusers export refuses others).
+    pub ff_mult: Option<AtLeastOne>,
     /// Dropout after attention and inside the MLP.
     pub dropout: Fraction,
     /// Where the per-token caption encodings come from: `store`, `on_the_fly` or `none`.
@@ -65,6 +68,7 @@ impl Default for PriorModelConfig {
             depth: AtLeastOne(6),
             heads: AtLeastOne(8),
             time_embed_dim: None,
+            ff_mult: None,
             dropout: Fraction(0.0),
             text_encodings: TextEncodingsSource::Store,
             text_cond_drop_prob: Fraction(0.1),
@@ -151,6 +155,7 @@ impl PriorSpec {
             text_width: cond.dims.text_width,
             dropout: m.dropout.0,
             time_embed_dim: m.time_embed_dim.map(|t| t.0 as usize),
+            ff_mult: m.ff_mult.map(|t| t.0 as usize),
         };
         if !net.width.is_multiple_of(net.heads) {
             return Err(TrainError::invalid(

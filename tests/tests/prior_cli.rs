@@ -264,3 +264,64 @@ fn on_the_fly_encodings_match_the_store() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("model.clip"));
 }
+
+/// A fixed scale instead of per-dimension statistics (`sqrt_dim`: DALLE2-pytorch's √D; a
+/// `{scale: s}` the paper's 17.2) is stored as clip_mean 0 / clip_std 1/s.
+#[test]
+fn fixed_scale_normalisations_are_stored_as_statistics() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let config = setup(tmp.path());
+    for (value, std) in [("sqrt_dim", 1.0 / 8.0), ("{scale: 17.2}", 1.0 / 17.2)] {
+        let run = tmp.path().join(format!("run-{std}"));
+        let set = format!("model.image_embed_norm={value}");
+        unclip_ok(
+            BIN,
+            &[
+                "train",
+                "--config",
+                s(&config),
+                "--out",
+                s(&run),
+                "--max-steps",
+                "1",
+                "--set",
+                &set,
+                "--set",
+                "validation.every_steps=0",
+                "--set",
+                "logging.progress=false",
+            ],
+        );
+        let out = tmp.path().join(format!("export-{std}"));
+        unclip_ok(
+            BIN,
+            &[
+                "export",
+                "--checkpoint",
+                s(&run),
+                "--out",
+                s(&out),
+                "--layout",
+                "diffusers",
+            ],
+        );
+        let bytes = std::fs::read(out.join("diffusion_pytorch_model.safetensors")).expect("st");
+        let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
+        let values = |name: &str| -> Vec<f32> {
+            st.tensor(name)
+                .expect(name)
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect()
+        };
+        assert!(values("clip_mean").iter().all(|&v| v == 0.0), "{value}");
+        assert!(
+            values("clip_std")
+                .iter()
+                .all(|&v| (v as f64 - std).abs() < 1e-6),
+            "{value}: {:?}",
+            &values("clip_std")[..4]
+        );
+    }
+}

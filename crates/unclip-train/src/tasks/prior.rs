@@ -30,6 +30,21 @@ use crate::config::{AtLeastOne, DataSource, Fraction, RunConfig};
 use crate::export::{ExportLayout, ExportMeta, ExportReport};
 use crate::{Split, TrainError, TrainTask, ValidationSums};
 
+/// How image embeddings are brought to the scale the prior's diffusion works at. Whatever the
+/// choice, the model stores it as `clip_mean` / `clip_std` (a fixed scale s is mean 0, std 1/s),
+/// so exports and samplers need not know which was used.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum ImageEmbedNorm {
+    /// Per-dimension mean and std of the training store's image embeddings (Karlo, diffusers).
+    #[default]
+    Standardize,
+    /// Multiply the unit-norm embeddings by √D (DALLE2-pytorch).
+    SqrtDim,
+    /// Multiply by a fixed factor (the paper: 17.2).
+    Scale(f64),
+}
+
 /// The `model:` section of `stage: prior`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -55,6 +70,8 @@ pub struct PriorModelConfig {
     pub clip: Option<PathBuf>,
     /// Candidates drawn per caption at sampling; the one closest to the text embedding wins.
     pub n_candidates: AtLeastOne,
+    /// `standardize` (per-dimension, from the store), `sqrt_dim` or `{scale: 17.2}`.
+    pub image_embed_norm: ImageEmbedNorm,
     /// CLIP sizes for `data.source: random` (otherwise read from the embedding store).
     pub embed_dim: Option<AtLeastOne>,
     pub text_width: Option<AtLeastOne>,
@@ -74,6 +91,7 @@ impl Default for PriorModelConfig {
             text_cond_drop_prob: Fraction(0.1),
             clip: None,
             n_candidates: AtLeastOne(2),
+            image_embed_norm: ImageEmbedNorm::Standardize,
             embed_dim: None,
             text_width: None,
             text_len: None,
@@ -86,6 +104,7 @@ impl Default for PriorModelConfig {
 pub struct PriorTask<B: AutodiffBackend> {
     pub net: PriorConfig,
     pub cond: Conditioning,
+    stats: (Vec<f32>, Vec<f32>),
     seed: u64,
     drop_prob: f64,
     n_candidates: usize,
@@ -102,6 +121,8 @@ pub struct PriorTask<B: AutodiffBackend> {
 pub struct PriorSpec {
     pub net: PriorConfig,
     pub cond: Conditioning,
+    /// `clip_mean` / `clip_std` the model starts with (see [`ImageEmbedNorm`]).
+    stats: (Vec<f32>, Vec<f32>),
     seed: u64,
     drop_prob: f64,
     n_candidates: usize,
@@ -164,9 +185,25 @@ impl PriorSpec {
             ));
         }
         cfg.diffusion.sampler()?;
+        let d = cond.dims.embed_dim;
+        let scale = |s: f64| -> Result<(Vec<f32>, Vec<f32>), TrainError> {
+            if !(s.is_finite() && s > 0.0) {
+                return Err(TrainError::invalid(
+                    "model.image_embed_norm.scale",
+                    format!("must be a finite number > 0, got {s}"),
+                ));
+            }
+            Ok((vec![0.0; d], vec![(1.0 / s) as f32; d]))
+        };
+        let stats = match m.image_embed_norm {
+            ImageEmbedNorm::Standardize => (cond.image_mean.clone(), cond.image_std.clone()),
+            ImageEmbedNorm::SqrtDim => scale((d as f64).sqrt())?,
+            ImageEmbedNorm::Scale(s) => scale(s)?,
+        };
         Ok(Self {
             net,
             cond,
+            stats,
             seed: cfg.seed,
             drop_prob: m.text_cond_drop_prob.0,
             n_candidates: m.n_candidates.0 as usize,
@@ -181,6 +218,7 @@ impl crate::launch::TaskFactory for PriorSpec {
         Ok(PriorTask {
             net: self.net.clone(),
             cond: self.cond.clone(),
+            stats: self.stats.clone(),
             seed: self.seed,
             drop_prob: self.drop_prob,
             n_candidates: self.n_candidates,
@@ -418,7 +456,7 @@ impl<B: AutodiffBackend> TrainTask<B> for PriorTask<B> {
     fn init_model(&self, device: &B::Device) -> Self::Model {
         let m = keyed_init(self.net.init(device), self.seed)
             .expect("the prior's random parameters are all Linear weights");
-        m.with_stats(&self.cond.image_mean, &self.cond.image_std)
+        m.with_stats(&self.stats.0, &self.stats.1)
     }
 
     fn init_is_seeded(&self) -> bool {

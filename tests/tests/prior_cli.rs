@@ -102,12 +102,16 @@ fn prior_resumes_exactly_and_exports_both_layouts() {
             "logging.every_steps=1",
             "--set",
             "logging.progress=false",
+            "--set",
+            "preview.every_steps=3",
+            "--set",
+            "preview.count=3",
         ]
         .into_iter()
         .map(String::from)
         .collect()
     };
-    let (straight, _) = assert_kill_and_resume_identical(
+    let (straight, killed) = assert_kill_and_resume_identical(
         BIN,
         tmp.path(),
         &args,
@@ -116,6 +120,12 @@ fn prior_resumes_exactly_and_exports_both_layouts() {
         "step-6",
         &["model.mpk", "ema.mpk", "state.json"],
     );
+    // Previews: held-out image | nearest held-out image to the prior's sample, one row each;
+    // the same after a resume.
+    let png = |run: &Path| std::fs::read(run.join("samples/step-6.png")).expect("preview");
+    let img = image::load_from_memory(&png(&straight)).expect("png");
+    assert!(img.width() < img.height(), "two columns, three rows");
+    assert_eq!(png(&straight), png(&killed));
     let metrics = std::fs::read_to_string(straight.join("metrics.jsonl")).expect("metrics");
     let val: Value = serde_json::from_str(
         metrics

@@ -125,6 +125,33 @@ impl Batch {
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }
+    /// A batch of the given rows of this one, in that order.
+    pub fn select_rows(&self, rows: &[usize]) -> Batch {
+        Batch {
+            epoch: self.epoch,
+            keys: rows.iter().map(|&r| self.keys[r].clone()).collect(),
+            captions: rows.iter().map(|&r| self.captions[r].clone()).collect(),
+            indices: rows.iter().map(|&r| self.indices[r]).collect(),
+            fields: self
+                .fields
+                .iter()
+                .map(|f| {
+                    let per: usize = f.shape[1..].iter().product();
+                    let mut shape = f.shape.clone();
+                    shape[0] = rows.len();
+                    BatchField {
+                        name: f.name.clone(),
+                        shape,
+                        data: rows
+                            .iter()
+                            .flat_map(|&r| f.data[r * per..(r + 1) * per].iter().copied())
+                            .collect(),
+                    }
+                })
+                .collect(),
+        }
+    }
+
     pub fn field(&self, name: &str) -> Option<&BatchField> {
         self.fields.iter().find(|f| f.name == name)
     }

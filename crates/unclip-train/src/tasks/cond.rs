@@ -301,6 +301,16 @@ impl Conditioning {
         Ok(Arc::new(with))
     }
 
+    /// The stream previews read from: the validation shards when there are, else the
+    /// training shards (`None` without shards).
+    pub fn preview_stream(&self) -> Option<(String, Split)> {
+        match (&self.val, &self.train) {
+            (Some((spec, _)), _) => Some((spec.clone(), Split::Val)),
+            (None, Some((spec, _))) => Some((spec.clone(), Split::Train)),
+            (None, None) => None,
+        }
+    }
+
     /// Per-sample drop flags with probability `prob`, keyed by (purpose, step, sample).
     pub fn drops(key: &NoiseKey, purpose: &str, prob: f64, n: usize) -> Vec<bool> {
         (0..n)

@@ -11,7 +11,7 @@
 //! samples the held-out captions and compares with their true image embeddings.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -19,7 +19,9 @@ use burn::tensor::{Bool, ElementConversion, Tensor, TensorData};
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
 use unclip_clip::Clip;
-use unclip_data::{Batch, BatchField, SampleTransform};
+use unclip_data::{
+    Batch, BatchField, ImageTransform, Loader, LoaderConfig, Partition, SampleTransform,
+};
 use unclip_diffusion::{guided_model, DiffusionConfig, GaussianDiffusion, LossOptions, Sampler};
 use unclip_models::{keyed_init, NoiseKey, PriorConfig, PriorTransformer};
 use unclip_rng::KeyedRng;
@@ -114,7 +116,14 @@ pub struct PriorTask<B: AutodiffBackend> {
     guidance: f64,
     /// The frozen CLIP (`on_the_fly`), on the training device, without autodiff.
     clip: Option<Clip<B::InnerBackend>>,
+    /// The preview's pool of held-out samples with thumbnails, loaded on first use.
+    preview_pool: Arc<Mutex<Option<Batch>>>,
 }
+
+/// Side of the thumbnails in prior previews.
+const THUMB: u32 = 32;
+/// Held-out samples a preview's samples are matched against.
+const PREVIEW_POOL: usize = 64;
 
 /// What a prior task is built from (backend-independent).
 #[derive(Clone)]
@@ -227,6 +236,7 @@ impl crate::launch::TaskFactory for PriorSpec {
             loss: self.diffusion.loss_options(),
             guidance: self.diffusion.sampling.guidance_scale,
             clip: self.cond.load_clip::<B::InnerBackend>(device)?,
+            preview_pool: Arc::new(Mutex::new(None)),
         })
     }
 }
@@ -385,6 +395,36 @@ fn cosine(a: &[f32], b: &[f32], d: usize) -> Vec<f64> {
 }
 
 impl<B: AutodiffBackend> PriorTask<B> {
+    /// The first 64 samples of the preview stream with their thumbnails (cached).
+    fn preview_pool(&self) -> Result<Option<Batch>, TrainError> {
+        let mut cached = self.preview_pool.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(b) = cached.as_ref() {
+            return Ok(Some(b.clone()));
+        }
+        let Some((shards, split)) = self.cond.preview_stream() else {
+            return Ok(None);
+        };
+        let mut c = LoaderConfig::new(shards.clone(), PREVIEW_POOL);
+        c.workers = 1;
+        c.seed = self.seed;
+        c.shuffle = false;
+        c.require_caption = false;
+        c.drop_last = false;
+        c.epochs = Some(1);
+        let thumbs = Arc::new(ImageTransform::new(THUMB));
+        let mut loader = Loader::new(
+            c,
+            Partition::SINGLE,
+            self.cond.transform(thumbs, split)?,
+            None,
+        )?;
+        let batch = loader
+            .next_batch()?
+            .ok_or_else(|| TrainError::Task(format!("preview: no usable sample in {shards}")))?;
+        *cached = Some(batch.clone());
+        Ok(Some(batch))
+    }
+
     fn text<BB: Backend<Device = B::Device>>(
         &self,
         batch: &Batch,
@@ -615,14 +655,65 @@ impl<B: AutodiffBackend> TrainTask<B> for PriorTask<B> {
         })
     }
 
+    /// What the prior imagines: for the first `count` held-out captions, the true image
+    /// (left) beside the held-out image whose CLIP embedding is nearest to the prior's sample
+    /// (right), among the first 64 held-out samples. `None` without shards.
     fn preview(
         &self,
-        _model: &Self::Model,
-        _count: usize,
-        _key: &NoiseKey,
-        _device: &B::Device,
+        model: &Self::Model,
+        count: usize,
+        key: &NoiseKey,
+        device: &B::Device,
     ) -> Result<Option<RgbImage>, TrainError> {
-        Ok(None)
+        let Some(pool) = self.preview_pool()? else {
+            return Ok(None);
+        };
+        let model = model.valid();
+        let n = count.min(pool.len());
+        let rows: Vec<usize> = (0..n).collect();
+        let batch = pool.select_rows(&rows);
+        let text = self.text::<B::InnerBackend>(&batch, &vec![false; n], device)?;
+        let k = NoiseKey {
+            seed: key.seed,
+            step: key.step,
+            indices: batch.indices.clone(),
+        };
+        let sampled = to_vec(sample_embeddings(
+            &model,
+            &self.cond,
+            &self.sampler,
+            &text,
+            self.guidance,
+            self.n_candidates,
+            &k,
+            device,
+        )?)?;
+        let d = self.cond.dims.embed_dim;
+        let truth = &pool
+            .field("image_embed")
+            .ok_or_else(|| TrainError::Task("no image_embed".into()))?
+            .data;
+        let images = &pool
+            .field("image")
+            .ok_or_else(|| TrainError::Task("no image".into()))?
+            .data;
+        let per = 3 * (THUMB * THUMB) as usize;
+        let mut pixels = Vec::with_capacity(2 * n * per);
+        for i in 0..n {
+            let sims = cosine(&sampled[i * d..(i + 1) * d].repeat(pool.len()), truth, d);
+            let nearest = (0..pool.len())
+                .max_by(|&a, &b| sims[a].total_cmp(&sims[b]))
+                .unwrap_or(i);
+            for j in [i, nearest] {
+                pixels.extend(images[j * per..(j + 1) * per].iter().map(|v| v * 2.0 - 1.0));
+            }
+        }
+        Ok(Some(crate::plot::image_grid_with_columns(
+            &pixels,
+            2 * n,
+            THUMB as usize,
+            2,
+        )))
     }
 
     fn export(

@@ -105,6 +105,8 @@ pub enum Stage {
     Prior,
     /// The decoder: CLIP image embedding + caption → 64 px image (ADM UNet).
     Decoder,
+    /// A super-resolution upsampler (64→256, 256→1024): low-res image → high-res image.
+    Upsampler,
 }
 
 /// What a stage's `model:` section must be.

@@ -16,6 +16,7 @@ use crate::tasks::clip::{ClipModelConfig, ClipTask};
 use crate::tasks::decoder::{DecoderModelConfig, DecoderSpec};
 use crate::tasks::denoise::{DenoiseModelConfig, DenoiseTask};
 use crate::tasks::prior::{PriorModelConfig, PriorSpec};
+use crate::tasks::upsampler::{UpsamplerModelConfig, UpsamplerSpec};
 use crate::trainer::{Resume, RunSummary, Trainer};
 use crate::{TrainError, TrainTask};
 
@@ -76,6 +77,11 @@ pub fn for_stage<J: StageJob>(
         Stage::Decoder => {
             let loaded = load::<DecoderModelConfig>(path, overrides, max_steps)?;
             let factory = DecoderSpec::new(&loaded.config)?;
+            job.run(factory, loaded)
+        }
+        Stage::Upsampler => {
+            let loaded = load::<UpsamplerModelConfig>(path, overrides, max_steps)?;
+            let factory = UpsamplerSpec::new(&loaded.config)?;
             job.run(factory, loaded)
         }
     }

@@ -315,6 +315,10 @@ fn shipped_configs_load() {
                     use unclip_train::tasks::decoder::DecoderModelConfig;
                     launch::load::<DecoderModelConfig>(&path, &[], None).map(|_| ())
                 }
+                Stage::Upsampler => {
+                    use unclip_train::tasks::upsampler::UpsamplerModelConfig;
+                    launch::load::<UpsamplerModelConfig>(&path, &[], None).map(|_| ())
+                }
             };
             if let Err(e) = ok {
                 panic!("{}: {e}", path.display());

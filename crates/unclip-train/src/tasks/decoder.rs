@@ -492,7 +492,8 @@ impl<B: AutodiffBackend> DecoderTask<B> {
         key: &NoiseKey,
         device: &Bk::Device,
     ) -> Result<Noised<Bk, 4>, TrainError> {
-        let x0 = batch.tensor::<Bk, 4>("image", device)? * 2.0 - 1.0;
+        // The loader gives images in [-1, 1] already.
+        let x0 = batch.tensor::<Bk, 4>("image", device)?;
         Ok(super::noise_keyed(&self.spec.diffusion, x0, key))
     }
 
@@ -594,7 +595,7 @@ impl<B: AutodiffBackend> TrainTask<B> for DecoderTask<B> {
             let mut rng = key.rng("random_batch", row);
             image[row * 3 * s * s..(row + 1) * 3 * s * s]
                 .iter_mut()
-                .for_each(|v| *v = rng.uniform_f32());
+                .for_each(|v| *v = rng.uniform_f32() * 2.0 - 1.0);
             for v in [&mut image_embed, &mut text_embed] {
                 let r = &mut v[row * d..(row + 1) * d];
                 rng.fill_normal_f32(r);
@@ -688,7 +689,7 @@ impl<B: AutodiffBackend> TrainTask<B> for DecoderTask<B> {
         };
         let noise = |step: usize| normal("preview_step", key.step.wrapping_add(step as u64 + 1));
         let start = normal("preview_start", key.step);
-        let truth = batch.tensor::<B::InnerBackend, 4>("image", device)? * 2.0 - 1.0;
+        let truth = batch.tensor::<B::InnerBackend, 4>("image", device)?;
         let mut columns = vec![truth];
         for scale in PREVIEW_GUIDANCE {
             let x0 = if scale == 1.0 {

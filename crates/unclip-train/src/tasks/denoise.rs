@@ -139,7 +139,8 @@ impl DenoiseTask {
         key: &NoiseKey,
         device: &B::Device,
     ) -> Result<Noised<B, 4>, TrainError> {
-        let x0 = batch.tensor::<B, 4>("image", device)? * 2.0 - 1.0;
+        // The loader gives images in [-1, 1] already.
+        let x0 = batch.tensor::<B, 4>("image", device)?;
         Ok(super::noise_keyed(&self.diffusion, x0, key))
     }
 }
@@ -160,7 +161,9 @@ impl<B: AutodiffBackend> TrainTask<B> for DenoiseTask {
         let mut data = vec![0f32; batch_size * 3 * s * s];
         for (row, chunk) in data.chunks_mut(3 * s * s).enumerate() {
             let mut rng = key.rng("random_batch", row);
-            chunk.iter_mut().for_each(|v| *v = rng.uniform_f32());
+            chunk
+                .iter_mut()
+                .for_each(|v| *v = rng.uniform_f32() * 2.0 - 1.0);
         }
         Batch {
             epoch: 0,

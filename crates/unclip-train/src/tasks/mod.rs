@@ -5,6 +5,7 @@ pub mod cond;
 pub mod decoder;
 pub mod denoise;
 pub mod prior;
+pub mod upsampler;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};

@@ -705,7 +705,7 @@ impl<B: AutodiffBackend> TrainTask<B> for PriorTask<B> {
                 .max_by(|&a, &b| sims[a].total_cmp(&sims[b]))
                 .unwrap_or(i);
             for j in [i, nearest] {
-                pixels.extend(images[j * per..(j + 1) * per].iter().map(|v| v * 2.0 - 1.0));
+                pixels.extend_from_slice(&images[j * per..(j + 1) * per]);
             }
         }
         Ok(Some(crate::plot::image_grid_with_columns(

@@ -1,0 +1,697 @@
+//! `stage: upsampler` — the unCLIP super-resolution diffusion models (64→256, 256→1024): the
+//! ADM [`UNet`] without attention or context, fed `x_t` concatenated with the corrupted
+//! low-resolution image upsampled to the target size (6 input channels), trained as an
+//! ε-model on random crops of the target.
+//!
+//! The low-resolution conditioning is made in the loader's workers by [`UpsamplerTransform`]
+//! (see [`degrade`]): the target image (`data.image_size`, through the standard transform),
+//! in training a random crop of `model.crop_fraction` of its side (aligned to the low-res
+//! pixel grid), downsampled to the low resolution and corrupted (`model.degradation`), then
+//! upsampled back — fields `image`, `low_res` (both `[3, S, S]`) and `low_res_small`
+//! (`[3, s, s]`, for previews). Validation and previews run at full size.
+//!
+//! Optional Imagen-style noise augmentation (`model.noise_aug`), applied by the task on the
+//! model's input: the low-res image is noised with the diffusion's own `q_sample` at an
+//! augmentation timestep drawn per sample in training (fixed at validation and sampling), and
+//! the network receives that timestep through a second timestep MLP added to its time
+//! embedding (the UNet's `class_embed` path; diffusers' `class_embed_type = "timestep"`).
+//!
+//! Previews: one row per held-out image — low-res (nearest) | bicubic | sample | ground
+//! truth, sampled with `diffusion.sampling` (e.g. `ddim` with `respacing: ddim27`). Export:
+//! native, or `--layout diffusers` (`unet/` = `UNet2DModel`).
+
+pub mod degrade;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use burn::module::{AutodiffModule, Module};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{ElementConversion, Tensor, TensorData};
+use image::RgbImage;
+use serde::{Deserialize, Serialize};
+use unclip_data::transform::{to_chw_unit, Crop, DecodedSample, SampleContext};
+use unclip_data::transform::{Example, Field, TransformError};
+use unclip_data::SampleTransform;
+use unclip_data::{Batch, BatchField, ImageTransform, Loader, LoaderConfig, Partition};
+use unclip_diffusion::{GaussianDiffusion, LossOptions, Sampler, VarianceType};
+use unclip_models::{
+    unet_to_diffusers, NoiseKey, TimestepMlp, TimestepMlpConfig, UNet, UNetConfig,
+};
+use unclip_rng::KeyedRng;
+
+use self::degrade::{DegradationConfig, LowRes, ResizeMode};
+use crate::config::{AtLeastOne, DataSource, Fraction, RunConfig};
+use crate::export::{ExportLayout, ExportMeta, ExportReport};
+use crate::launch::TaskFactory;
+use crate::{Split, TrainError, TrainTask, ValidationSums};
+
+/// GroupNorm groups of the UNet (ADM's 32).
+pub const GROUPS: usize = 32;
+
+/// `model.noise_aug`: Imagen-style noise augmentation of the low-res conditioning.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NoiseAugConfig {
+    pub enabled: bool,
+    /// Training: the augmentation level of each sample is uniform in `[0, max_level]`, a
+    /// fraction of the diffusion's T (timestep `round(level · (T − 1))`). Default 0.5.
+    pub max_level: f64,
+    /// The fixed level of validation and sampling. Default 0.1.
+    pub sample_level: f64,
+}
+
+impl Default for NoiseAugConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            max_level: 0.5,
+            sample_level: 0.1,
+        }
+    }
+}
+
+/// The `model:` section of `stage: upsampler`. Defaults: the paper's 64→256 upsampler
+/// (with `data.image_size: 256`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpsamplerModelConfig {
+    /// Channels of level 0 (ADM `model_channels`).
+    pub model_channels: AtLeastOne,
+    /// Channel multiplier of each level.
+    pub channel_mult: Vec<AtLeastOne>,
+    /// ResBlocks per level on the way down (one more on the way up).
+    pub num_res_blocks: AtLeastOne,
+    /// ResBlock dropout (keyed masks, training only).
+    pub dropout: Fraction,
+    /// ADM `use_scale_shift_norm` (GLIDE's upsampler: true; Karlo's: false).
+    pub scale_shift: bool,
+    /// Side of the low-resolution input; `data.image_size` (the target side) must be an
+    /// integer multiple.
+    pub low_res_size: AtLeastOne,
+    /// Side of the training crops as a fraction of the target side, in (0, 1]; rounded down
+    /// to a multiple of the upsampling factor and of the UNet's total downsampling.
+    pub crop_fraction: f64,
+    /// The antialiased downsample to the low resolution (`degradation.kind: none | blur`).
+    pub downsample: ResizeMode,
+    /// The upsample of the corrupted low-res image back to the target size.
+    pub upsample: ResizeMode,
+    pub degradation: DegradationConfig,
+    pub noise_aug: NoiseAugConfig,
+}
+
+impl Default for UpsamplerModelConfig {
+    fn default() -> Self {
+        Self {
+            model_channels: AtLeastOne(320),
+            channel_mult: [1, 2, 3, 4].map(AtLeastOne).to_vec(),
+            num_res_blocks: AtLeastOne(3),
+            dropout: Fraction(0.1),
+            scale_shift: true,
+            low_res_size: AtLeastOne(64),
+            crop_fraction: 0.25,
+            downsample: ResizeMode::Bicubic,
+            upsample: ResizeMode::Bicubic,
+            degradation: DegradationConfig::default(),
+            noise_aug: NoiseAugConfig::default(),
+        }
+    }
+}
+
+/// The per-sample transform: target crop, corrupted low-res copy, both at the crop's size.
+#[derive(Debug, Clone)]
+pub struct UpsamplerTransform {
+    /// The standard transform to the full target size.
+    pub base: ImageTransform,
+    pub low_res: LowRes,
+    /// Target side / low-res side.
+    pub factor: u32,
+    /// Side of the crop (the full target side for validation).
+    pub crop: u32,
+}
+
+impl UpsamplerTransform {
+    /// (target crop, corrupted low-res, low-res upsampled to the crop) of a decoded image.
+    pub fn apply_rgb(
+        &self,
+        img: &RgbImage,
+        ctx: &SampleContext,
+    ) -> Result<(RgbImage, RgbImage, RgbImage), String> {
+        let full = self.base.apply_rgb(img, &mut ctx.rng("image_transform"))?;
+        let s = self.base.image_size;
+        let target = if self.crop < s {
+            let mut rng = ctx.rng("upsampler_crop");
+            let cells = ((s - self.crop) / self.factor + 1) as u64;
+            let x = rng.below(cells) as u32 * self.factor;
+            let y = rng.below(cells) as u32 * self.factor;
+            image::imageops::crop_imm(&full, x, y, self.crop, self.crop).to_image()
+        } else {
+            full
+        };
+        let small =
+            self.low_res
+                .degrade(&target, self.crop / self.factor, &mut ctx.rng("degrade"))?;
+        let up = self.low_res.upsample(&small, self.crop)?;
+        Ok((target, small, up))
+    }
+}
+
+impl SampleTransform for UpsamplerTransform {
+    fn apply(&self, sample: DecodedSample, ctx: SampleContext) -> Result<Example, TransformError> {
+        let img = sample.decode()?;
+        let (target, small, up) =
+            self.apply_rgb(&img, &ctx)
+                .map_err(|detail| TransformError::Other {
+                    reason: "transform_error",
+                    detail,
+                })?;
+        let field = |name: &str, img: &RgbImage| {
+            let (w, h) = img.dimensions();
+            let mut data = Vec::with_capacity((3 * w * h) as usize);
+            to_chw_unit(img, &mut data);
+            Field {
+                name: name.into(),
+                shape: vec![3, h as usize, w as usize],
+                data,
+            }
+        };
+        Ok(Example {
+            key: sample.key,
+            caption: sample.caption,
+            index: ctx.index,
+            fields: vec![
+                field("image", &target),
+                field("low_res", &up),
+                field("low_res_small", &small),
+            ],
+        })
+    }
+}
+
+/// The upsampler network: the UNet and, with noise augmentation, the MLP of the
+/// augmentation timestep.
+#[derive(Module, Debug)]
+pub struct Upsampler<B: Backend> {
+    pub unet: UNet<B>,
+    pub noise_level_embed: Option<TimestepMlp<B>>,
+}
+
+impl<B: Backend> Upsampler<B> {
+    /// The network output for `x_t` `[N, 3, H, W]` at (un-respaced) timesteps `t`,
+    /// conditioned on `low_res` `[N, 3, H, W]` (already noise-augmented) and its augmentation
+    /// timesteps `aug_t` (ignored without noise augmentation); dropout only with `key`.
+    pub fn forward(
+        &self,
+        x_t: Tensor<B, 4>,
+        low_res: Tensor<B, 4>,
+        t: &[usize],
+        aug_t: Option<&[usize]>,
+        key: Option<&NoiseKey>,
+    ) -> Tensor<B, 4> {
+        let device = x_t.device();
+        let emb = match (&self.noise_level_embed, aug_t) {
+            (Some(mlp), Some(a)) => {
+                let a: Vec<f64> = a.iter().map(|&s| s as f64).collect();
+                Some(mlp.forward(&a, &device))
+            }
+            _ => None,
+        };
+        let t: Vec<f64> = t.iter().map(|&s| s as f64).collect();
+        let x = Tensor::cat(vec![x_t, low_res], 1);
+        self.unet.forward(x, &t, emb, None, None, key)
+    }
+}
+
+/// The upsampler stage's configuration, validated; the [`TaskFactory`] of `stage: upsampler`.
+#[derive(Clone)]
+pub struct UpsamplerSpec {
+    pub model: UpsamplerModelConfig,
+    pub unet: UNetConfig,
+    /// Target side S.
+    pub image_size: usize,
+    /// Low-res side s.
+    pub low_res_size: usize,
+    /// Training crop side.
+    pub crop_size: usize,
+    /// The training transform (crops); validation uses it with `crop = image_size`.
+    pub transform: UpsamplerTransform,
+    seed: u64,
+    source: DataSource,
+    diffusion: GaussianDiffusion,
+    sampler: Sampler,
+    loss: LossOptions,
+    preview_shards: Option<String>,
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+impl UpsamplerSpec {
+    pub fn new(cfg: &RunConfig<UpsamplerModelConfig>) -> Result<Self, TrainError> {
+        let m = &cfg.model;
+        let d = &cfg.data;
+        let s = d.image_size.0 as usize;
+        let l = m.low_res_size.0 as usize;
+        if l >= s || !s.is_multiple_of(l) {
+            return Err(TrainError::invalid(
+                "model.low_res_size",
+                format!(
+                    "{l} must be smaller than data.image_size ({s}) and divide it (the \
+                     upsampling factor is an integer)"
+                ),
+            ));
+        }
+        let factor = s / l;
+        let levels = m.channel_mult.len();
+        if levels == 0 {
+            return Err(TrainError::invalid("model.channel_mult", "is empty"));
+        }
+        if levels > 16 || !s.is_multiple_of(1 << (levels - 1)) {
+            return Err(TrainError::invalid(
+                "model.channel_mult",
+                format!(
+                    "{levels} levels halve the image {} times, but data.image_size {s} is not \
+                     divisible by {}",
+                    levels - 1,
+                    1u64 << (levels - 1).min(63)
+                ),
+            ));
+        }
+        let f = m.crop_fraction;
+        if !(f.is_finite() && f > 0.0 && f <= 1.0) {
+            return Err(TrainError::invalid(
+                "model.crop_fraction",
+                format!("must be in (0, 1], got {f}"),
+            ));
+        }
+        let down = 1usize << (levels - 1);
+        let unit = factor / gcd(factor, down) * down;
+        let crop_size = ((s as f64 * f).round() as usize / unit) * unit;
+        if crop_size == 0 {
+            return Err(TrainError::invalid(
+                "model.crop_fraction",
+                format!(
+                    "{f} of {s} px is smaller than {unit} px, the least common multiple of the \
+                     upsampling factor ({factor}) and the UNet's downsampling ({down})"
+                ),
+            ));
+        }
+        let na = &m.noise_aug;
+        for (k, v) in [
+            ("model.noise_aug.max_level", na.max_level),
+            ("model.noise_aug.sample_level", na.sample_level),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(TrainError::invalid(
+                    k,
+                    format!("must be in [0, 1], got {v}"),
+                ));
+            }
+        }
+        if cfg.diffusion.variance == VarianceType::LearnedRange {
+            return Err(TrainError::invalid(
+                "diffusion.variance",
+                "the upsampler predicts no variance: use `fixed_small` or `fixed_large` \
+                 (with `loss: mse`)",
+            ));
+        }
+        let low_res = LowRes {
+            downsample: m.downsample,
+            upsample: m.upsample,
+            degradation: m.degradation.clone(),
+        };
+        low_res
+            .validate()
+            .map_err(|(k, why)| TrainError::invalid(format!("model.degradation.{k}"), why))?;
+        let base = ImageTransform {
+            image_size: s as u32,
+            resize_to: d.resize_to,
+            crop: if d.random_crop {
+                Crop::Random
+            } else {
+                Crop::Center
+            },
+            hflip_prob: d.hflip_prob.0,
+        };
+        base.validate()
+            .map_err(|why| TrainError::invalid("data", why))?;
+        let unet = UNetConfig {
+            in_channels: 6,
+            out_channels: 3,
+            model_channels: m.model_channels.0 as usize,
+            channel_mult: m.channel_mult.iter().map(|c| c.0 as usize).collect(),
+            num_res_blocks: m.num_res_blocks.0 as usize,
+            attention_levels: vec![false; levels],
+            head_channels: 64,
+            dropout: m.dropout.0,
+            groups: GROUPS,
+            context_dim: None,
+            class_embed: na.enabled,
+            mid_attention: false,
+            scale_shift: m.scale_shift,
+            sample_size: Some(s),
+        };
+        unet.validate()
+            .map_err(|why| TrainError::invalid("model", why))?;
+        Ok(Self {
+            model: m.clone(),
+            unet,
+            image_size: s,
+            low_res_size: l,
+            crop_size,
+            transform: UpsamplerTransform {
+                base,
+                low_res,
+                factor: factor as u32,
+                crop: crop_size as u32,
+            },
+            seed: cfg.seed,
+            source: d.source,
+            diffusion: cfg.diffusion.diffusion()?,
+            sampler: cfg.diffusion.sampler()?,
+            loss: cfg.diffusion.loss_options(),
+            preview_shards: d.val_shards.clone().or_else(|| d.shards.clone()),
+        })
+    }
+
+    /// The transform of `split`: training crops, full-size validation.
+    pub fn transform_for(&self, split: Split) -> UpsamplerTransform {
+        let mut t = self.transform.clone();
+        if split == Split::Val {
+            t.crop = self.image_size as u32;
+        }
+        t
+    }
+}
+
+impl TaskFactory for UpsamplerSpec {
+    type Task<B: AutodiffBackend> = UpsamplerTask;
+    fn build<B: AutodiffBackend>(&self, _: &B::Device) -> Result<UpsamplerTask, TrainError> {
+        Ok(UpsamplerTask {
+            spec: self.clone(),
+            preview_batch: Mutex::new(None),
+        })
+    }
+}
+
+/// The upsampler stage: the spec and the preview's batch (loaded on the first preview).
+pub struct UpsamplerTask {
+    pub spec: UpsamplerSpec,
+    preview_batch: Mutex<Option<Batch>>,
+}
+
+impl UpsamplerTask {
+    /// The network's conditioning for `batch`: the `low_res` field, noise-augmented when
+    /// enabled — in training (`train`) at a level drawn per sample from `key`
+    /// (`noise_aug_level`), else at `sample_level`; the noise from `key` (`noise_aug`).
+    pub fn conditioning<Bk: Backend>(
+        &self,
+        batch: &Batch,
+        key: &NoiseKey,
+        train: bool,
+        device: &Bk::Device,
+    ) -> Result<(Tensor<Bk, 4>, Option<Vec<usize>>), TrainError> {
+        let low = batch.tensor::<Bk, 4>("low_res", device)?;
+        let na = &self.spec.model.noise_aug;
+        if !na.enabled {
+            return Ok((low, None));
+        }
+        let dims = low.dims();
+        let per_row: usize = dims[1..].iter().product();
+        let last = (self.spec.diffusion.schedule().len() - 1) as f64;
+        let mut t = Vec::with_capacity(dims[0]);
+        let mut noise = vec![0f32; dims[0] * per_row];
+        for (row, chunk) in noise.chunks_mut(per_row).enumerate() {
+            let level = if train {
+                key.rng("noise_aug_level", row).uniform_f64() * na.max_level
+            } else {
+                na.sample_level
+            };
+            t.push((level * last).round() as usize);
+            key.rng("noise_aug", row).fill_normal_f32(chunk);
+        }
+        let noise = Tensor::<Bk, 4>::from_data(TensorData::new(noise, dims), device);
+        let low = self.spec.diffusion.q_sample(low, &t, noise);
+        Ok((low, Some(t)))
+    }
+
+    fn random_batch_sized(&self, n: usize, key: &NoiseKey, side: usize) -> Batch {
+        let small = side / (self.spec.image_size / self.spec.low_res_size);
+        let mut fields = Vec::new();
+        for (name, sz) in [("image", side), ("low_res", side), ("low_res_small", small)] {
+            let mut data = vec![0f32; n * 3 * sz * sz];
+            for (row, chunk) in data.chunks_mut(3 * sz * sz).enumerate() {
+                let mut rng = key.rng(&format!("random_batch.{name}"), row);
+                chunk
+                    .iter_mut()
+                    .for_each(|v| *v = rng.uniform_f32() * 2.0 - 1.0);
+            }
+            fields.push(BatchField {
+                name: name.into(),
+                shape: vec![n, 3, sz, sz],
+                data,
+            });
+        }
+        Batch {
+            epoch: 0,
+            keys: key.indices.iter().map(|i| format!("random-{i}")).collect(),
+            captions: vec![None; n],
+            indices: key.indices.clone(),
+            fields,
+        }
+    }
+
+    /// The preview's batch: the first `count` samples of the validation stream (else the
+    /// training stream) in order, at full size.
+    fn preview_batch(&self, count: usize, key: &NoiseKey) -> Result<Batch, TrainError> {
+        let mut cached = self.preview_batch.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(b) = cached.as_ref() {
+            return Ok(b.clone());
+        }
+        let batch = match (&self.spec.preview_shards, self.spec.source) {
+            (Some(shards), DataSource::Shards) => {
+                let mut c = LoaderConfig::new(shards.clone(), count);
+                c.workers = 1;
+                c.seed = self.spec.seed;
+                c.shuffle = false;
+                c.require_caption = false;
+                c.drop_last = false;
+                c.epochs = Some(1);
+                let t = Arc::new(self.spec.transform_for(Split::Val));
+                let mut loader = Loader::new(c, Partition::SINGLE, t, None)?;
+                loader.next_batch()?.ok_or_else(|| {
+                    TrainError::Task(format!("preview: no usable sample in {shards}"))
+                })?
+            }
+            _ => {
+                let k = NoiseKey {
+                    seed: key.seed,
+                    step: 0,
+                    indices: (0..count as u64).collect(),
+                };
+                self.random_batch_sized(count, &k, self.spec.image_size)
+            }
+        };
+        *cached = Some(batch.clone());
+        Ok(batch)
+    }
+
+    /// Samples `[N, 3, S, S]` in [-1, 1] for `batch`'s low-res images with the configured
+    /// sampler; every random number from `key.seed` and `key.step`.
+    pub fn sample<Bk: Backend>(
+        &self,
+        model: &Upsampler<Bk>,
+        batch: &Batch,
+        key: &NoiseKey,
+        device: &Bk::Device,
+    ) -> Result<Tensor<Bk, 4>, TrainError> {
+        let (cond, aug_t) = self.conditioning::<Bk>(batch, key, false, device)?;
+        let shape = cond.dims();
+        let normal = |purpose: &str, step: u64| {
+            let mut v = vec![0f32; shape.iter().product()];
+            KeyedRng::new(key.seed, purpose, step, 0).fill_normal_f32(&mut v);
+            Tensor::<Bk, 4>::from_data(TensorData::new(v, shape), device)
+        };
+        Ok(self.spec.sampler.sample(
+            normal("preview_start", key.step),
+            |x, t| model.forward(x, cond.clone(), t, aug_t.as_deref(), None),
+            |step| normal("preview_step", key.step.wrapping_add(step as u64 + 1)),
+            |_| {},
+        ))
+    }
+
+    fn export_diffusers<B: Backend>(
+        &self,
+        model: &Upsampler<B>,
+        meta: &ExportMeta,
+        out: &Path,
+    ) -> Result<ExportReport, TrainError> {
+        let (mut config, tensors) = unet_to_diffusers(&model.unet, &self.spec.unet)
+            .map_err(|e| TrainError::invalid("--layout diffusers", e))?;
+        let mut tensors: Vec<(String, TensorData)> = tensors.into_iter().collect();
+        if let Some(mlp) = &model.noise_level_embed {
+            // diffusers' UNet2DModel `class_embed_type = "timestep"`: the class label (our
+            // augmentation timestep) goes through the shared sinusoid, then this MLP.
+            config["class_embed_type"] = serde_json::json!("timestep");
+            for (name, lin) in [("linear_1", &mlp.linear_1), ("linear_2", &mlp.linear_2)] {
+                // burn stores [in, out]; PyTorch [out, in].
+                let w = lin.weight.val().transpose().into_data();
+                tensors.push((format!("class_embedding.{name}.weight"), w));
+                if let Some(b) = &lin.bias {
+                    tensors.push((format!("class_embedding.{name}.bias"), b.val().into_data()));
+                }
+            }
+        }
+        let dir = out.join("unet");
+        std::fs::create_dir_all(&dir).map_err(|e| TrainError::io("cannot create", &dir, e))?;
+        crate::export::write_diffusers(&dir, &config, tensors, meta)
+    }
+}
+
+/// `pixels` (`[N, 3, s, s]`, CHW) enlarged to `side` by pixel repetition.
+fn nearest_up(pixels: &[f32], n: usize, s: usize, side: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(n * 3 * side * side);
+    for plane in pixels.chunks_exact(s * s).take(n * 3) {
+        for y in 0..side {
+            for x in 0..side {
+                out.push(plane[(y * s / side) * s + x * s / side]);
+            }
+        }
+    }
+    out
+}
+
+impl<B: AutodiffBackend> TrainTask<B> for UpsamplerTask {
+    type Model = Upsampler<B>;
+
+    fn init_model(&self, device: &B::Device) -> Upsampler<B> {
+        Upsampler {
+            unet: self.spec.unet.init(device),
+            noise_level_embed: self
+                .spec
+                .model
+                .noise_aug
+                .enabled
+                .then(|| TimestepMlpConfig::new(self.spec.unet.model_channels).init(device)),
+        }
+    }
+
+    fn transform(&self, split: Split) -> Result<Arc<dyn SampleTransform>, TrainError> {
+        Ok(Arc::new(self.spec.transform_for(split)))
+    }
+
+    fn random_batch(&self, batch_size: usize, key: &NoiseKey) -> Batch {
+        self.random_batch_sized(batch_size, key, self.spec.crop_size)
+    }
+
+    fn loss(
+        &self,
+        model: &Upsampler<B>,
+        batch: &Batch,
+        key: &NoiseKey,
+        device: &B::Device,
+    ) -> Result<Tensor<B, 1>, TrainError> {
+        let x0 = batch.tensor::<B, 4>("image", device)?;
+        let (cond, aug_t) = self.conditioning::<B>(batch, key, true, device)?;
+        let (x0, x_t, noise, idx) = super::noise_keyed(&self.spec.diffusion, x0, key);
+        let out = model.forward(x_t.clone(), cond, &idx, aug_t.as_deref(), Some(key));
+        let losses =
+            self.spec
+                .diffusion
+                .training_losses(&self.spec.loss, out, x0, x_t, noise, &idx);
+        Ok(losses.loss.mean())
+    }
+
+    fn validation_sums(
+        &self,
+        model: &Upsampler<B>,
+        batch: &Batch,
+        key: &NoiseKey,
+        device: &B::Device,
+    ) -> Result<ValidationSums, TrainError> {
+        let model = model.valid();
+        type I<B> = <B as AutodiffBackend>::InnerBackend;
+        let x0 = batch.tensor::<I<B>, 4>("image", device)?;
+        let (cond, aug_t) = self.conditioning::<I<B>>(batch, key, false, device)?;
+        let (x0, x_t, noise, idx) = super::noise_keyed(&self.spec.diffusion, x0, key);
+        let out = model.forward(x_t.clone(), cond, &idx, aug_t.as_deref(), None);
+        let losses =
+            self.spec
+                .diffusion
+                .training_losses(&self.spec.loss, out, x0, x_t, noise, &idx);
+        Ok(ValidationSums {
+            loss: losses.loss.sum().into_scalar().elem::<f64>(),
+            metrics: Vec::new(),
+        })
+    }
+
+    fn preview(
+        &self,
+        model: &Upsampler<B>,
+        count: usize,
+        key: &NoiseKey,
+        device: &B::Device,
+    ) -> Result<Option<RgbImage>, TrainError> {
+        let batch = self.preview_batch(count, key)?;
+        let n = batch.len();
+        let s = self.spec.image_size;
+        let model = model.valid();
+        let k = NoiseKey {
+            seed: key.seed,
+            step: key.step,
+            indices: (0..n as u64).collect(),
+        };
+        let sample = self.sample(&model, &batch, &k, device)?;
+        let field = |name: &str| -> Result<Vec<f32>, TrainError> {
+            batch
+                .field(name)
+                .map(|f| f.data.clone())
+                .ok_or_else(|| TrainError::Task(format!("preview: no `{name}` in the batch")))
+        };
+        let small = field("low_res_small")?;
+        let l = self.spec.low_res_size;
+        let sample: Vec<f32> = sample
+            .into_data()
+            .convert::<f32>()
+            .to_vec()
+            .map_err(|e| TrainError::Task(format!("preview: {e:?}")))?;
+        let columns = [
+            nearest_up(&small, n, l, s),
+            field("low_res")?,
+            sample,
+            field("image")?,
+        ];
+        // One row per sample: low-res | bicubic | sample | ground truth.
+        let per = 3 * s * s;
+        let mut pixels = Vec::with_capacity(4 * n * per);
+        for row in 0..n {
+            for c in &columns {
+                pixels.extend_from_slice(&c[row * per..(row + 1) * per]);
+            }
+        }
+        Ok(Some(crate::plot::image_grid_with_columns(
+            &pixels,
+            n * columns.len(),
+            s,
+            columns.len(),
+        )))
+    }
+
+    fn export(
+        &self,
+        model: &Upsampler<B>,
+        meta: &ExportMeta,
+        out: &Path,
+        layout: ExportLayout,
+    ) -> Result<ExportReport, TrainError> {
+        match layout {
+            ExportLayout::Native => crate::export::write_native::<B, _>(model, meta, out),
+            ExportLayout::Diffusers => self.export_diffusers(model, meta, out),
+        }
+    }
+}

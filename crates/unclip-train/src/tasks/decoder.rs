@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 
 use burn::module::{AutodiffModule, Module};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Bool, ElementConversion, Tensor, TensorData};
+use burn::tensor::{Bool, Tensor, TensorData};
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
 use unclip_clip::Clip;
@@ -31,7 +31,6 @@ use unclip_models::{
     text_proj_to_diffusers, unet_to_diffusers, ClipCondConfig, ClipConditioning, NoiseKey, UNet,
     UNetConfig,
 };
-use unclip_rng::KeyedRng;
 
 use super::Noised;
 use crate::config::{AtLeastOne, DataSource, Fraction, RunConfig};
@@ -657,14 +656,12 @@ impl<B: AutodiffBackend> TrainTask<B> for DecoderTask<B> {
         let inputs = self.inner_inputs(&model, batch, vec![false; n], vec![false; n], device)?;
         let (x0, x_t, noise, idx) = self.noised::<B::InnerBackend>(batch, key, device)?;
         let out = model.forward(x_t.clone(), &idx, &inputs, None);
-        let losses =
-            self.spec
-                .diffusion
-                .training_losses(&self.spec.loss, out, x0, x_t, noise, &idx);
-        Ok(ValidationSums {
-            loss: losses.loss.sum().into_scalar().elem::<f64>(),
-            metrics: Vec::new(),
-        })
+        Ok(super::diffusion_loss_sums(
+            &self.spec.diffusion,
+            &self.spec.loss,
+            (out, x0, x_t, noise),
+            &idx,
+        ))
     }
 
     fn preview(
@@ -683,9 +680,7 @@ impl<B: AutodiffBackend> TrainTask<B> for DecoderTask<B> {
         let both = cond.cat(&uncond);
         let shape = [n, 3, s, s];
         let normal = |purpose: &str, step: u64| {
-            let mut v = vec![0f32; n * 3 * s * s];
-            KeyedRng::new(key.seed, purpose, step, 0).fill_normal_f32(&mut v);
-            Tensor::<B::InnerBackend, 4>::from_data(TensorData::new(v, shape), device)
+            super::keyed_normal::<B::InnerBackend, 4>(key.seed, purpose, step, shape, device)
         };
         let noise = |step: usize| normal("preview_step", key.step.wrapping_add(step as u64 + 1));
         let start = normal("preview_start", key.step);

@@ -9,14 +9,13 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::activation::silu;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{ElementConversion, Tensor, TensorData};
+use burn::tensor::Tensor;
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
 use unclip_data::transform::Crop;
 use unclip_data::{Batch, BatchField, ImageTransform, SampleTransform};
 use unclip_diffusion::{DiffusionConfig, GaussianDiffusion, LossOptions, Sampler};
 use unclip_models::{KeyedDropout, NoiseKey, TimestepMlp, TimestepMlpConfig};
-use unclip_rng::KeyedRng;
 
 use super::Noised;
 use crate::config::{AtLeastOne, DataConfig, Fraction};
@@ -202,13 +201,12 @@ impl<B: AutodiffBackend> TrainTask<B> for DenoiseTask {
     ) -> Result<ValidationSums, TrainError> {
         let (x0, x_t, noise, idx) = self.noised::<B>(batch, key, device)?;
         let out = model.forward(x_t.clone(), &idx, None);
-        let losses = self
-            .diffusion
-            .training_losses(&self.loss, out, x0, x_t, noise, &idx);
-        Ok(ValidationSums {
-            loss: losses.loss.sum().into_scalar().elem::<f64>(),
-            metrics: Vec::new(),
-        })
+        Ok(super::diffusion_loss_sums(
+            &self.diffusion,
+            &self.loss,
+            (out, x0, x_t, noise),
+            &idx,
+        ))
     }
 
     fn preview(
@@ -221,9 +219,7 @@ impl<B: AutodiffBackend> TrainTask<B> for DenoiseTask {
         let s = self.image_size;
         let shape = [count, 3, s, s];
         let normal = |purpose: &str, step: u64| {
-            let mut v = vec![0f32; count * 3 * s * s];
-            KeyedRng::new(key.seed, purpose, step, 0).fill_normal_f32(&mut v);
-            Tensor::<B, 4>::from_data(TensorData::new(v, shape), device)
+            super::keyed_normal::<B, 4>(key.seed, purpose, step, shape, device)
         };
         let x0 = self.sampler.sample(
             normal("preview_start", key.step),

@@ -8,9 +8,41 @@ pub mod prior;
 pub mod upsampler;
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
-use unclip_diffusion::GaussianDiffusion;
+use burn::tensor::{ElementConversion, Tensor, TensorData};
+use unclip_diffusion::{GaussianDiffusion, LossOptions};
 use unclip_models::NoiseKey;
+use unclip_rng::KeyedRng;
+
+use crate::ValidationSums;
+
+/// Standard normal numbers of `shape` from `KeyedRng(seed, purpose, step, 0)`: the start and
+/// step noise of the sampling previews.
+pub(crate) fn keyed_normal<B: Backend, const D: usize>(
+    seed: u64,
+    purpose: &str,
+    step: u64,
+    shape: [usize; D],
+    device: &B::Device,
+) -> Tensor<B, D> {
+    let mut v = vec![0f32; shape.iter().product()];
+    KeyedRng::new(seed, purpose, step, 0).fill_normal_f32(&mut v);
+    Tensor::from_data(TensorData::new(v, shape), device)
+}
+
+/// The validation sums of a diffusion stage without metrics of its own: its training loss of
+/// `out`, summed over the samples.
+pub(crate) fn diffusion_loss_sums<B: Backend, const D: usize>(
+    diffusion: &GaussianDiffusion,
+    options: &LossOptions,
+    (out, x0, x_t, noise): (Tensor<B, D>, Tensor<B, D>, Tensor<B, D>, Tensor<B, D>),
+    idx: &[usize],
+) -> ValidationSums {
+    let losses = diffusion.training_losses(options, out, x0, x_t, noise, idx);
+    ValidationSums {
+        loss: losses.loss.sum().into_scalar().elem::<f64>(),
+        metrics: Vec::new(),
+    }
+}
 
 /// A batch of clean samples noised for training: (x0, x_t, noise, timestep per row).
 pub(crate) type Noised<B, const D: usize> = (Tensor<B, D>, Tensor<B, D>, Tensor<B, D>, Vec<usize>);

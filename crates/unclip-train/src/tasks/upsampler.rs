@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 
 use burn::module::{AutodiffModule, Module};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{ElementConversion, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
 use unclip_data::transform::{to_chw_unit, Crop, DecodedSample, SampleContext};
@@ -38,7 +38,6 @@ use unclip_diffusion::{GaussianDiffusion, LossOptions, Sampler, VarianceType};
 use unclip_models::{
     unet_to_diffusers, NoiseKey, TimestepMlp, TimestepMlpConfig, UNet, UNetConfig,
 };
-use unclip_rng::KeyedRng;
 
 use self::degrade::{DegradationConfig, LowRes, ResizeMode};
 use crate::config::{AtLeastOne, DataSource, Fraction, RunConfig};
@@ -513,9 +512,7 @@ impl UpsamplerTask {
         let (cond, aug_t) = self.conditioning::<Bk>(batch, key, false, device)?;
         let shape = cond.dims();
         let normal = |purpose: &str, step: u64| {
-            let mut v = vec![0f32; shape.iter().product()];
-            KeyedRng::new(key.seed, purpose, step, 0).fill_normal_f32(&mut v);
-            Tensor::<Bk, 4>::from_data(TensorData::new(v, shape), device)
+            super::keyed_normal::<Bk, 4>(key.seed, purpose, step, shape, device)
         };
         Ok(self.spec.sampler.sample(
             normal("preview_start", key.step),
@@ -620,14 +617,12 @@ impl<B: AutodiffBackend> TrainTask<B> for UpsamplerTask {
         let (cond, aug_t) = self.conditioning::<I<B>>(batch, key, false, device)?;
         let (x0, x_t, noise, idx) = super::noise_keyed(&self.spec.diffusion, x0, key);
         let out = model.forward(x_t.clone(), cond, &idx, aug_t.as_deref(), None);
-        let losses =
-            self.spec
-                .diffusion
-                .training_losses(&self.spec.loss, out, x0, x_t, noise, &idx);
-        Ok(ValidationSums {
-            loss: losses.loss.sum().into_scalar().elem::<f64>(),
-            metrics: Vec::new(),
-        })
+        Ok(super::diffusion_loss_sums(
+            &self.spec.diffusion,
+            &self.spec.loss,
+            (out, x0, x_t, noise),
+            &idx,
+        ))
     }
 
     fn preview(

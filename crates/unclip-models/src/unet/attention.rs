@@ -3,11 +3,11 @@
 
 use burn::module::Module;
 use burn::nn::{GroupNorm, Linear, LinearConfig};
-use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Tensor};
 
 use super::blocks::{group_norm, ZeroLinear};
+use super::norm::group_norm_forward;
 
 /// Additive bias of a masked context key (diffusers uses the same value).
 const MASKED: f32 = -10_000.0;
@@ -47,9 +47,34 @@ pub(crate) fn attention_block<B: Backend>(
     }
 }
 
+/// `Wᵀ·x + b` for `x [N, in, S]` (channel-major tokens) and a burn `Linear` weight `[in, out]`:
+/// `[N, out, S]`, no transpose of the activations.
+fn project_cm<B: Backend>(
+    x: Tensor<B, 3>,
+    weight: Tensor<B, 2>,
+    bias: Option<Tensor<B, 1>>,
+) -> Tensor<B, 3> {
+    let n = x.dims()[0];
+    let out = weight.dims()[1];
+    let y = weight.transpose().unsqueeze::<3>().matmul(x);
+    match bias {
+        // `[N, out, 1]`, materialised: a per-row scalar add (SIMD) instead of a broadcast over
+        // batch and tokens (a scalar strided loop on the CPU backend).
+        Some(b) => y + b.reshape([1, out]).repeat_dim(0, n).reshape([n, out, 1]),
+        None => y,
+    }
+}
+
 impl<B: Backend> AttentionBlock<B> {
     /// `x [N, C, H, W]`; `context [N, L, D]` and its mask `[N, L]` (true = attend). Without a
     /// context (or without context projections) only the spatial tokens are keys.
+    ///
+    /// Computed channel-major (`[N, heads, dh, tokens]`, the layout of `x`), so that the only
+    /// large transposes are operands of matmuls (which read strided data directly): the
+    /// scores are `(q·scale)ᵀ·k`, the output `(attn·vᵀ)ᵀ`. A context mask enters the scores
+    /// through one extra "channel" (1 on the query side, 0 / −10 000 on the key side) of that
+    /// same matmul, not as a broadcast add over the whole score tensor (burn-flex has no fast
+    /// path for that broadcast).
     pub fn forward(
         &self,
         x: Tensor<B, 4>,
@@ -59,43 +84,49 @@ impl<B: Backend> AttentionBlock<B> {
         let [n, c, h, w] = x.dims();
         let (heads, s) = (self.heads, h * w);
         let dh = c / heads;
-        let tokens = self
-            .norm
-            .forward(x.clone())
-            .reshape([n, c, s])
-            .swap_dims(1, 2);
-        let split = |t: Tensor<B, 3>| {
-            let len = t.dims()[1];
-            t.reshape([n, len, heads, dh]).swap_dims(1, 2)
+        let device = x.device();
+        let tokens = group_norm_forward(&self.norm, x.clone(), None).reshape([n, c, s]);
+        let lin = |l: &Linear<B>, t: Tensor<B, 3>| {
+            project_cm(t, l.weight.val(), l.bias.as_ref().map(|b| b.val()))
         };
-        let q = split(self.to_q.forward(tokens.clone()));
-        let mut k = split(self.to_k.forward(tokens.clone()));
-        let mut v = split(self.to_v.forward(tokens));
-        let mut bias = None;
+        let split = |t: Tensor<B, 3>| {
+            let len = t.dims()[2];
+            t.reshape([n, heads, dh, len])
+        };
+        let scale = (dh as f64).powf(-0.5);
+        let mut q = split(lin(&self.to_q, tokens.clone())) * scale;
+        let mut k = split(lin(&self.to_k, tokens.clone()));
+        let mut v = split(lin(&self.to_v, tokens));
         if let (Some(ctx), Some(ak), Some(av)) = (context, &self.add_k, &self.add_v) {
             let l = ctx.dims()[1];
-            k = Tensor::cat(vec![split(ak.forward(ctx.clone())), k], 2);
-            v = Tensor::cat(vec![split(av.forward(ctx.clone())), v], 2);
+            // [N, L, C] → [N, heads, dh, L] (small: L context tokens).
+            let ctx_cm = |t: Tensor<B, 3>| t.reshape([n, l, heads, dh]).permute([0, 2, 3, 1]);
+            k = Tensor::cat(vec![ctx_cm(ak.forward(ctx.clone())), k], 3);
+            v = Tensor::cat(vec![ctx_cm(av.forward(ctx.clone())), v], 3);
             if let Some(m) = mask {
-                // [N, L] → additive bias over [context keys, spatial keys].
-                let ctx_bias = Tensor::<B, 2>::zeros([n, l], &x.device())
-                    .mask_fill(m.clone().bool_not(), MASKED);
-                let full = Tensor::cat(vec![ctx_bias, Tensor::zeros([n, s], &x.device())], 1);
-                bias = Some(full.reshape([n, 1, 1, l + s]));
+                // [N, L] → additive bias over [context keys, spatial keys], as a key channel.
+                let ctx_bias =
+                    Tensor::<B, 2>::zeros([n, l], &device).mask_fill(m.clone().bool_not(), MASKED);
+                let full = Tensor::cat(vec![ctx_bias, Tensor::zeros([n, s], &device)], 1)
+                    .reshape([n, 1, 1, l + s])
+                    .repeat_dim(1, heads);
+                k = Tensor::cat(vec![k, full], 2);
+                q = Tensor::cat(vec![q, Tensor::ones([n, heads, 1, s], &device)], 2);
             }
         }
-        let scale = (dh as f64).powf(-0.5);
-        let mut scores = q.matmul(k.swap_dims(2, 3)) * scale;
-        if let Some(b) = bias {
-            scores = scores + b;
-        }
-        let attn = softmax(scores, 3);
-        let out = attn.matmul(v).swap_dims(1, 2).reshape([n, s, c]);
-        let out = self
-            .to_out
-            .forward(out)
-            .swap_dims(1, 2)
-            .reshape([n, c, h, w]);
-        x + out
+        let scores = q.swap_dims(2, 3).matmul(k);
+        // softmax(scores)·vᵀ with the normalisation moved after the matmul: burn's softmax
+        // (max-shift, exp, sum, divide) divides the whole [N, heads, S, keys] matrix, forward
+        // and backward; dividing the [N, heads, S, dh] product by the row sums is the same
+        // value up to rounding. attn·vᵀ rather than v·attnᵀ: the gradient of the (large)
+        // attention matrix then comes back contiguous; only the small output is transposed.
+        let max = scores.clone().detach().max_dim(3);
+        let e = (scores - max).exp();
+        let sum = e.clone().sum_dim(3);
+        let out = (e.matmul(v.swap_dims(2, 3)) / sum)
+            .swap_dims(2, 3)
+            .reshape([n, c, s]);
+        let out = project_cm(out, self.to_out.weight.val(), Some(self.to_out.bias.val()));
+        x + out.reshape([n, c, h, w])
     }
 }

@@ -5,10 +5,11 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
-use burn::tensor::module::{avg_pool2d, conv2d};
-use burn::tensor::ops::ConvOptions;
+use burn::tensor::module::avg_pool2d;
 use burn::tensor::Tensor;
 
+use super::conv::conv3x3_forward;
+use super::norm::group_norm_forward;
 use crate::dropout::{KeyedDropout, NoiseKey};
 
 /// Epsilon of every GroupNorm / LayerNorm of the UNet (ADM and diffusers' Karlo configs).
@@ -49,12 +50,7 @@ impl<B: Backend> ZeroConv2d<B> {
     }
 
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        conv2d(
-            x,
-            self.weight.val(),
-            Some(self.bias.val()),
-            ConvOptions::new([1, 1], [1, 1], [1, 1], 1),
-        )
+        conv3x3_forward(x, self.weight.val(), Some(self.bias.val()))
     }
 }
 
@@ -165,7 +161,7 @@ impl<B: Backend> ResBlock<B> {
         key: Option<&NoiseKey>,
         site: &str,
     ) -> Tensor<B, 4> {
-        let mut h = silu(self.norm1.forward(x.clone()));
+        let mut h = silu(group_norm_forward(&self.norm1, x.clone(), None));
         let mut x = x;
         match self.resample {
             Resample::None => {}
@@ -178,15 +174,19 @@ impl<B: Backend> ResBlock<B> {
                 x = downsample_avg2(x);
             }
         }
-        let h = self.conv1.forward(h);
+        let h = conv3x3_forward(
+            h,
+            self.conv1.weight.val(),
+            self.conv1.bias.as_ref().map(|b| b.val()),
+        );
         let [n, c, _, _] = h.dims();
         let e = self.emb_proj.forward(silu(emb));
         let h = if self.scale_shift {
-            let scale = e.clone().slice([0..n, 0..c]).reshape([n, c, 1, 1]);
-            let shift = e.slice([0..n, c..2 * c]).reshape([n, c, 1, 1]);
-            self.norm2.forward(h) * (scale + 1.0) + shift
+            let scale = e.clone().slice([0..n, 0..c]);
+            let shift = e.slice([0..n, c..2 * c]);
+            group_norm_forward(&self.norm2, h, Some((scale, shift)))
         } else {
-            self.norm2.forward(h + e.reshape([n, c, 1, 1]))
+            group_norm_forward(&self.norm2, h + e.reshape([n, c, 1, 1]), None)
         };
         let h = self.dropout.forward(silu(h), key, site);
         let h = self.conv2.forward(h);

@@ -25,7 +25,9 @@
 mod attention;
 mod blocks;
 mod clip;
+mod conv;
 mod diffusers;
+mod norm;
 
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
@@ -304,7 +306,11 @@ impl<B: Backend> UNet<B> {
         let context = if self.has_context { context } else { None };
         let ctx = context.as_ref();
         let mask = context_mask.as_ref();
-        let mut h = self.conv_in.forward(x);
+        let mut h = conv::conv3x3_forward(
+            x,
+            self.conv_in.weight.val(),
+            self.conv_in.bias.as_ref().map(|b| b.val()),
+        );
         let mut skips = vec![h.clone()];
         for (l, level) in self.down.iter().enumerate() {
             for (j, res) in level.resnets.iter().enumerate() {
@@ -337,7 +343,8 @@ impl<B: Backend> UNet<B> {
                 h = rs.forward(h, emb.clone(), key, &format!("unet.up.{i}.resample"));
             }
         }
-        self.conv_out.forward(silu(self.norm_out.forward(h)))
+        self.conv_out
+            .forward(silu(norm::group_norm_forward(&self.norm_out, h, None)))
     }
 }
 

@@ -90,3 +90,28 @@ pub fn assert_kill_and_resume_identical(
 fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
+
+/// Renders the tests' tiny shapes world (96 samples, 20 px, 16 per shard, 20 % val) into
+/// `out` with the binary; `out/train` and `out/val` hold the shards.
+pub fn synth_tiny(bin: &str, out: &Path) {
+    let out = out.to_str().expect("utf-8 path");
+    unclip_ok(
+        bin,
+        &[
+            "data",
+            "synth",
+            "--out",
+            out,
+            "--count",
+            "96",
+            "--size",
+            "20",
+            "--samples-per-shard",
+            "16",
+            "--val-fraction",
+            "0.2",
+            "--threads",
+            "1",
+        ],
+    );
+}

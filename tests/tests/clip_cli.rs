@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use serde_json::Value;
-use unclip_tests::{assert_kill_and_resume_identical, unclip_ok};
+use unclip_tests::{assert_kill_and_resume_identical, synth_tiny, unclip_ok};
 
 const BIN: &str = env!("CARGO_BIN_EXE_unclip-e2e");
 
@@ -17,25 +17,7 @@ fn s(p: &Path) -> &str {
 fn clip_resumes_exactly_and_its_export_embeds() {
     let tmp = tempfile::tempdir().expect("tmp");
     let shapes = tmp.path().join("shapes");
-    unclip_ok(
-        BIN,
-        &[
-            "data",
-            "synth",
-            "--out",
-            s(&shapes),
-            "--count",
-            "96",
-            "--size",
-            "20",
-            "--samples-per-shard",
-            "16",
-            "--val-fraction",
-            "0.2",
-            "--threads",
-            "1",
-        ],
-    );
+    synth_tiny(BIN, &shapes);
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/test/clip.yaml");
     let text = std::fs::read_to_string(repo)
         .expect("configs/test/clip.yaml")

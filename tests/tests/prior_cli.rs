@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use burn::backend::Flex;
 use burn::tensor::TensorData;
 use serde_json::Value;
-use unclip_tests::{assert_kill_and_resume_identical, unclip, unclip_ok};
+use unclip_tests::{assert_kill_and_resume_identical, synth_tiny, unclip, unclip_ok};
 
 const BIN: &str = env!("CARGO_BIN_EXE_unclip-e2e");
 
@@ -21,25 +21,7 @@ fn s(p: &Path) -> &str {
 /// Shards, a random CLIP, stores with text encodings; the test config with their paths.
 fn setup(dir: &Path) -> PathBuf {
     let shapes = dir.join("shapes");
-    unclip_ok(
-        BIN,
-        &[
-            "data",
-            "synth",
-            "--out",
-            s(&shapes),
-            "--count",
-            "96",
-            "--size",
-            "20",
-            "--samples-per-shard",
-            "16",
-            "--val-fraction",
-            "0.2",
-            "--threads",
-            "1",
-        ],
-    );
+    synth_tiny(BIN, &shapes);
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let clip = dir.join("clip");
     unclip_ok(

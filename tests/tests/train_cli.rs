@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use serde_json::Value;
-use unclip_tests::{assert_kill_and_resume_identical, unclip, unclip_ok};
+use unclip_tests::{assert_kill_and_resume_identical, synth_tiny, unclip, unclip_ok};
 
 const BIN: &str = env!("CARGO_BIN_EXE_unclip-e2e");
 
@@ -22,25 +22,7 @@ fn s(p: &Path) -> &str {
 /// dropout, EMA, accumulation and validation on.
 fn setup(dir: &Path) -> std::path::PathBuf {
     let shapes = dir.join("shapes");
-    unclip_ok(
-        BIN,
-        &[
-            "data",
-            "synth",
-            "--out",
-            s(&shapes),
-            "--count",
-            "96",
-            "--size",
-            "20",
-            "--samples-per-shard",
-            "16",
-            "--val-fraction",
-            "0.2",
-            "--threads",
-            "1",
-        ],
-    );
+    synth_tiny(BIN, &shapes);
     let config = dir.join("run.yaml");
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/test/denoise.yaml");
     let text = std::fs::read_to_string(repo).expect("configs/test/denoise.yaml");

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use unclip_clip::Clip;
 use unclip_data::transform::Crop;
 use unclip_data::SampleTransform;
-use unclip_data::{Batch, BatchField, ImageTransform, Loader, LoaderConfig, Partition};
+use unclip_data::{Batch, BatchField, ImageTransform};
 use unclip_diffusion::{guided_model, GaussianDiffusion, LossOptions, Sampler, VarianceType};
 use unclip_models::{
     text_proj_to_diffusers, unet_to_diffusers, ClipCondConfig, ClipConditioning, NoiseKey, UNet,
@@ -505,17 +505,7 @@ impl<B: AutodiffBackend> DecoderTask<B> {
         }
         let batch = match (&self.spec.preview_shards, self.spec.source) {
             (Some((shards, split)), DataSource::Shards) => {
-                let mut c = LoaderConfig::new(shards.clone(), count);
-                c.workers = 1;
-                c.seed = self.spec.seed;
-                c.shuffle = false;
-                c.require_caption = false;
-                c.drop_last = false;
-                c.epochs = Some(1);
-                let mut loader = Loader::new(c, Partition::SINGLE, self.transform(*split)?, None)?;
-                loader.next_batch()?.ok_or_else(|| {
-                    TrainError::Task(format!("preview: no usable sample in {shards}"))
-                })?
+                super::first_samples(shards, count, self.spec.seed, self.transform(*split)?)?
             }
             _ => {
                 let k = NoiseKey {

@@ -13,7 +13,28 @@ use unclip_diffusion::{GaussianDiffusion, LossOptions};
 use unclip_models::NoiseKey;
 use unclip_rng::KeyedRng;
 
-use crate::ValidationSums;
+use crate::{TrainError, ValidationSums};
+
+/// The first `count` samples of `shards` in order (one pass, no shuffle) through `transform`:
+/// the fixed samples a stage's previews show.
+pub(crate) fn first_samples(
+    shards: &str,
+    count: usize,
+    seed: u64,
+    transform: std::sync::Arc<dyn unclip_data::SampleTransform>,
+) -> Result<unclip_data::Batch, TrainError> {
+    let mut c = unclip_data::LoaderConfig::new(shards, count);
+    c.workers = 1;
+    c.seed = seed;
+    c.shuffle = false;
+    c.require_caption = false;
+    c.drop_last = false;
+    c.epochs = Some(1);
+    let mut loader = unclip_data::Loader::new(c, unclip_data::Partition::SINGLE, transform, None)?;
+    loader
+        .next_batch()?
+        .ok_or_else(|| TrainError::Task(format!("preview: no usable sample in {shards}")))
+}
 
 /// Standard normal numbers of `shape` from `KeyedRng(seed, purpose, step, 0)`: the start and
 /// step noise of the sampling previews.

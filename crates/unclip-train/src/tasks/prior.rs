@@ -19,9 +19,7 @@ use burn::tensor::{Bool, ElementConversion, Tensor, TensorData};
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
 use unclip_clip::Clip;
-use unclip_data::{
-    Batch, BatchField, ImageTransform, Loader, LoaderConfig, Partition, SampleTransform,
-};
+use unclip_data::{Batch, BatchField, ImageTransform, SampleTransform};
 use unclip_diffusion::{guided_model, DiffusionConfig, GaussianDiffusion, LossOptions, Sampler};
 use unclip_models::{keyed_init, NoiseKey, PriorConfig, PriorTransformer};
 use unclip_rng::KeyedRng;
@@ -404,23 +402,13 @@ impl<B: AutodiffBackend> PriorTask<B> {
         let Some((shards, split)) = self.cond.preview_stream() else {
             return Ok(None);
         };
-        let mut c = LoaderConfig::new(shards.clone(), PREVIEW_POOL);
-        c.workers = 1;
-        c.seed = self.seed;
-        c.shuffle = false;
-        c.require_caption = false;
-        c.drop_last = false;
-        c.epochs = Some(1);
         let thumbs = Arc::new(ImageTransform::new(THUMB));
-        let mut loader = Loader::new(
-            c,
-            Partition::SINGLE,
+        let batch = super::first_samples(
+            &shards,
+            PREVIEW_POOL,
+            self.seed,
             self.cond.transform(thumbs, split)?,
-            None,
         )?;
-        let batch = loader
-            .next_batch()?
-            .ok_or_else(|| TrainError::Task(format!("preview: no usable sample in {shards}")))?;
         *cached = Some(batch.clone());
         Ok(Some(batch))
     }

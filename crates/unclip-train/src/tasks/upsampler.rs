@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use unclip_data::transform::{to_chw_unit, Crop, DecodedSample, SampleContext};
 use unclip_data::transform::{Example, Field, TransformError};
 use unclip_data::SampleTransform;
-use unclip_data::{Batch, BatchField, ImageTransform, Loader, LoaderConfig, Partition};
+use unclip_data::{Batch, BatchField, ImageTransform};
 use unclip_diffusion::{GaussianDiffusion, LossOptions, Sampler, VarianceType};
 use unclip_models::{
     unet_to_diffusers, NoiseKey, TimestepMlp, TimestepMlpConfig, UNet, UNetConfig,
@@ -474,18 +474,8 @@ impl UpsamplerTask {
         }
         let batch = match (&self.spec.preview_shards, self.spec.source) {
             (Some(shards), DataSource::Shards) => {
-                let mut c = LoaderConfig::new(shards.clone(), count);
-                c.workers = 1;
-                c.seed = self.spec.seed;
-                c.shuffle = false;
-                c.require_caption = false;
-                c.drop_last = false;
-                c.epochs = Some(1);
                 let t = Arc::new(self.spec.transform_for(Split::Val));
-                let mut loader = Loader::new(c, Partition::SINGLE, t, None)?;
-                loader.next_batch()?.ok_or_else(|| {
-                    TrainError::Task(format!("preview: no usable sample in {shards}"))
-                })?
+                super::first_samples(shards, count, self.spec.seed, t)?
             }
             _ => {
                 let k = NoiseKey {

@@ -5,6 +5,7 @@
 pub mod caption;
 pub mod render;
 pub mod scene;
+pub mod score;
 
 use serde::{Deserialize, Serialize};
 

@@ -62,8 +62,9 @@ fn texture_offsets(rng: &mut KeyedRng, side: u32) -> Vec<f64> {
     out
 }
 
-/// A shape's point-inside test in coordinates relative to its centre (y pointing down).
-enum Footprint {
+/// A shape's point-inside test in coordinates relative to its centre (y pointing down); the
+/// scorer renders its templates with it.
+pub(crate) enum Footprint {
     Circle { r2: f64 },
     Square { half: f64 },
     Cross { half_width: f64, half_length: f64 },
@@ -71,7 +72,7 @@ enum Footprint {
 }
 
 impl Footprint {
-    fn new(shape: Shape, r: f64) -> Self {
+    pub(crate) fn new(shape: Shape, r: f64) -> Self {
         let regular = |count: usize, radius: &dyn Fn(usize) -> f64| {
             (0..count)
                 .map(|k| {
@@ -99,7 +100,7 @@ impl Footprint {
         }
     }
 
-    fn contains(&self, x: f64, y: f64) -> bool {
+    pub(crate) fn contains(&self, x: f64, y: f64) -> bool {
         match self {
             Footprint::Circle { r2 } => x * x + y * y <= *r2,
             Footprint::Square { half } => x.abs() <= *half && y.abs() <= *half,

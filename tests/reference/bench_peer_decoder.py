@@ -44,7 +44,11 @@ def main():
     ap.add_argument("--steps", type=int, default=3, help="timed steps")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--device", default="cpu", help="cpu or cuda (the GPU check, scripts/gpu-check.sh)"
+    )
     args = ap.parse_args()
+    device = torch.device(args.device)
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -76,7 +80,7 @@ def main():
 
     trainer = DecoderTrainer(
         decoder,
-        accelerator=Accelerator(cpu=True),
+        accelerator=Accelerator(cpu=args.device == "cpu"),
         use_ema=True,
         lr=1e-4,
         wd=1e-2,
@@ -89,9 +93,9 @@ def main():
     trainer.train()
 
     n = args.batch
-    image = torch.rand(n, 3, size, size)
-    image_embed = torch.nn.functional.normalize(torch.randn(n, dim), dim=-1)
-    text_encodings = torch.randn(n, text_len, dim)
+    image = torch.rand(n, 3, size, size).to(device)
+    image_embed = torch.nn.functional.normalize(torch.randn(n, dim), dim=-1).to(device)
+    text_encodings = torch.randn(n, text_len, dim).to(device)
 
     def step():
         loss = trainer(
@@ -103,10 +107,16 @@ def main():
         trainer.update(unet_number=1)
         return loss
 
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
     for _ in range(args.warmup):
         step()
+    sync()
     t0 = time.perf_counter()
     losses = [step() for _ in range(args.steps)]
+    sync()
     elapsed = time.perf_counter() - t0
     s_per_step = elapsed / args.steps
 
@@ -123,6 +133,7 @@ def main():
         "params_unet_as_built": params_unet,
         "last_loss": round(float(losses[-1]), 5),
         "torch_threads": torch.get_num_threads(),
+        "device": args.device,
         "torch": torch.__version__,
         "dalle2_pytorch": version("dalle2-pytorch"),
     }

@@ -56,7 +56,11 @@ def main():
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--max-text-len", type=int, default=77)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--device", default="cpu", help="cpu or cuda (the GPU check, scripts/gpu-check.sh)"
+    )
     args = ap.parse_args()
+    device = torch.device(args.device)
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -82,7 +86,7 @@ def main():
 
     trainer = DiffusionPriorTrainer(
         prior,
-        accelerator=Accelerator(cpu=True),
+        accelerator=Accelerator(cpu=args.device == "cpu"),
         use_ema=True,
         lr=1.1e-4,
         wd=6e-2,
@@ -98,9 +102,9 @@ def main():
     n = args.batch
     # Unit-norm pooled embeddings, as CLIP gives them (DiffusionPrior then scales the image
     # embedding by sqrt(D)); the per-token encodings stay standard normal.
-    text_embed = torch.nn.functional.normalize(torch.randn(n, dim), dim=-1)
-    image_embed = torch.nn.functional.normalize(torch.randn(n, dim), dim=-1)
-    text_encodings = torch.randn(n, text_len, dim)
+    text_embed = torch.nn.functional.normalize(torch.randn(n, dim), dim=-1).to(device)
+    image_embed = torch.nn.functional.normalize(torch.randn(n, dim), dim=-1).to(device)
+    text_encodings = torch.randn(n, text_len, dim).to(device)
 
     def step():
         # DiffusionPrior.forward scales image_embed in place: hand it a fresh copy each step.
@@ -112,10 +116,16 @@ def main():
         trainer.update()
         return loss
 
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
     for _ in range(args.warmup):
         step()
+    sync()
     t0 = time.perf_counter()
     losses = [step() for _ in range(args.steps)]
+    sync()
     elapsed = time.perf_counter() - t0
     s_per_step = elapsed / args.steps
 
@@ -133,6 +143,7 @@ def main():
         "max_text_len": args.max_text_len,
         "last_loss": round(float(losses[-1]), 5),
         "torch_threads": torch.get_num_threads(),
+        "device": args.device,
         "torch": torch.__version__,
         "dalle2_pytorch": version("dalle2-pytorch"),
     }

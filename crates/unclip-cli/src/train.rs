@@ -28,6 +28,11 @@ pub struct TrainArgs {
     /// Override a config value, e.g. `--set optim.lr=3e-4` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,
+    /// Train on these devices (overrides `devices:`), e.g. `cuda:0,cuda:1` or `cpu,cpu`;
+    /// several train data-parallel with `data.batch_size` as the global batch
+    /// (docs/distributed.md).
+    #[arg(long, value_delimiter = ',', value_name = "DEVICE,...")]
+    pub devices: Option<Vec<String>>,
 }
 
 /// Runs `unclip train`; prints the run summary as one JSON line. SIGINT/SIGTERM save a
@@ -38,9 +43,17 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         Some("auto") => Resume::Auto,
         Some(p) => Resume::Path(PathBuf::from(p)),
     };
+    let mut overrides = args.overrides;
+    if let Some(devices) = &args.devices {
+        let quoted: Vec<String> = devices
+            .iter()
+            .map(|d| serde_json::to_string(d.trim()))
+            .collect::<Result<_, _>>()?;
+        overrides.push(format!("devices=[{}]", quoted.join(", ")));
+    }
     let opts = TrainOptions {
         config: args.config,
-        overrides: args.overrides,
+        overrides,
         out: args.out,
         max_steps: args.max_steps,
         resume,

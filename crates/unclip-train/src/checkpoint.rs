@@ -4,8 +4,8 @@
 //!
 //! A folder holds `model.mpk`, `ema.mpk` (when EMA is on), `optim.mpk` (burn's named
 //! MessagePack records, which keep the parameter ids the optimizer state is keyed by),
-//! `state.json` ([`TrainerState`]: step, loader cursor, counters, best validation loss,
-//! format version; the LR schedule and every random number are functions of seed and step)
+//! `state.json` ([`TrainerState`]: step, loader cursor (one per rank in a data-parallel run),
+//! counters, best validation loss, format version; the LR schedule and every random number are functions of seed and step)
 //! and `config.resolved.yaml`.
 
 use std::fs::{self, File};
@@ -55,6 +55,21 @@ pub struct TrainerState {
     pub counters: Counters,
     pub best_val_loss: Option<f64>,
     pub best_step: Option<u64>,
+    /// Devices (data-parallel ranks) of the run that wrote it; absent means 1.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub world_size: u32,
+    /// With several ranks: every rank's loader position, in rank order (`cursor` is rank
+    /// 0's). A resume restores each rank's own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rank_cursors: Vec<Cursor>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
 }
 
 /// A deliberate failure inside [`CheckpointWriter::save`].

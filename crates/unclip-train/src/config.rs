@@ -110,8 +110,14 @@ pub enum Stage {
 }
 
 /// What a stage's `model:` section must be.
-pub trait ModelSection: Serialize + serde::de::DeserializeOwned + Clone + Default {}
-impl<T: Serialize + serde::de::DeserializeOwned + Clone + Default> ModelSection for T {}
+pub trait ModelSection:
+    Serialize + serde::de::DeserializeOwned + Clone + Default + Send + Sync + 'static
+{
+}
+impl<T: Serialize + serde::de::DeserializeOwned + Clone + Default + Send + Sync + 'static>
+    ModelSection for T
+{
+}
 
 /// Only the `stage` key, read first to pick the model section's type.
 #[derive(Debug, Deserialize)]
@@ -145,9 +151,24 @@ pub struct RunConfig<M> {
     pub preview: PreviewConfig,
     #[serde(default)]
     pub logging: LoggingConfig,
-    /// Devices to train on: `cpu`, `cuda:N`, `vulkan:N`. One device per run.
+    /// Devices to train on: `cpu`, `cuda:N`, `vulkan:N`. Several (all of one kind, e.g.
+    /// `[cuda:0, cuda:1]` or `[cpu, cpu]`) train data-parallel: `data.batch_size` is then the
+    /// global batch, split evenly (see docs/distributed.md).
     #[serde(default = "default_devices")]
     pub devices: Vec<String>,
+    /// Float type of weights and arithmetic: `f32`. `bf16` is recognised and refused (burn
+    /// 0.21 has no mixed precision; see docs/distributed.md).
+    #[serde(default)]
+    pub precision: Precision,
+}
+
+/// `precision:` of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    #[default]
+    F32,
+    Bf16,
 }
 
 fn default_devices() -> Vec<String> {
@@ -183,7 +204,8 @@ pub struct DataConfig {
     /// The embedding store of `val_shards`.
     #[serde(default)]
     pub val_embeddings: Option<String>,
-    /// Samples per micro-batch.
+    /// Samples per micro-batch, over all devices together (the global micro-batch): with
+    /// several `devices` each trains on `batch_size / devices` of them.
     pub batch_size: AtLeastOne,
     #[serde(default = "default_workers")]
     pub workers: AtLeastOne,

@@ -44,23 +44,74 @@ pub trait BackendJob {
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Self::Output, TrainError>;
 }
 
+/// Work that runs on several devices of one backend (data-parallel training).
+pub trait DevicesJob {
+    type Output;
+    fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>) -> Result<Self::Output, TrainError>;
+}
+
+/// A [`BackendJob`] as a [`DevicesJob`] of one device.
+struct One<J>(J);
+
+impl<J: BackendJob> DevicesJob for One<J> {
+    type Output = J::Output;
+    fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>) -> Result<J::Output, TrainError> {
+        let device = devices
+            .into_iter()
+            .next()
+            .ok_or_else(|| TrainError::invalid("devices", "list at least one device"))?;
+        self.0.run::<B>(device)
+    }
+}
+
 /// Runs `job` on the backend of `spec`; a backend that was not compiled in is an error
 /// naming the cargo feature to enable.
 pub fn dispatch<J: BackendJob>(spec: DeviceSpec, job: J) -> Result<J::Output, TrainError> {
-    match spec {
-        DeviceSpec::Cpu => job.run::<Autodiff<Flex>>(Default::default()),
+    dispatch_all(&[spec], One(job))
+}
+
+/// Runs `job` on the devices of `specs`, which must all be of one kind (one backend).
+pub fn dispatch_all<J: DevicesJob>(specs: &[DeviceSpec], job: J) -> Result<J::Output, TrainError> {
+    let first = *specs
+        .first()
+        .ok_or_else(|| TrainError::invalid("devices", "list at least one device"))?;
+    let same = |s: &DeviceSpec| std::mem::discriminant(s) == std::mem::discriminant(&first);
+    if !specs.iter().all(same) {
+        return Err(TrainError::invalid(
+            "devices",
+            format!("{specs:?}: every device of a run must be of one kind (cpu, cuda or vulkan)"),
+        ));
+    }
+    match first {
+        DeviceSpec::Cpu => job.run::<Autodiff<Flex>>(vec![Default::default(); specs.len()]),
         #[cfg(feature = "cuda")]
-        DeviceSpec::Cuda(index) => {
-            job.run::<Autodiff<burn::backend::Cuda>>(burn::backend::cuda::CudaDevice { index })
-        }
+        DeviceSpec::Cuda(_) => job.run::<Autodiff<burn::backend::Cuda>>(
+            specs
+                .iter()
+                .filter_map(|s| match s {
+                    DeviceSpec::Cuda(index) => {
+                        Some(burn::backend::cuda::CudaDevice { index: *index })
+                    }
+                    _ => None,
+                })
+                .collect(),
+        ),
         #[cfg(not(feature = "cuda"))]
         DeviceSpec::Cuda(index) => Err(TrainError::BackendNotCompiled(
             format!("cuda:{index}"),
             "cuda",
         )),
         #[cfg(feature = "vulkan")]
-        DeviceSpec::Vulkan(index) => job.run::<Autodiff<burn::backend::Vulkan>>(
-            burn::backend::wgpu::WgpuDevice::DiscreteGpu(index),
+        DeviceSpec::Vulkan(_) => job.run::<Autodiff<burn::backend::Vulkan>>(
+            specs
+                .iter()
+                .filter_map(|s| match s {
+                    DeviceSpec::Vulkan(index) => {
+                        Some(burn::backend::wgpu::WgpuDevice::DiscreteGpu(*index))
+                    }
+                    _ => None,
+                })
+                .collect(),
         ),
         #[cfg(not(feature = "vulkan"))]
         DeviceSpec::Vulkan(index) => Err(TrainError::BackendNotCompiled(

@@ -40,6 +40,15 @@ pub enum TrainError {
     DataExhausted { batches: u64 },
     #[error("task: {0}")]
     Task(String),
+    #[error("data-parallel training stopped: rank {rank} of {world} failed: {why}")]
+    RankFailed {
+        rank: usize,
+        world: usize,
+        why: String,
+    },
+    /// This rank stopped because another rank failed (that rank's error is the run's).
+    #[error("stopped because another rank failed")]
+    Aborted,
 }
 
 impl TrainError {

@@ -10,8 +10,8 @@ use burn::tensor::backend::AutodiffBackend;
 use serde::Serialize;
 
 use crate::config::ModelSection;
-use crate::config::{RunConfig, Stage, StageProbe};
-use crate::device::{dispatch, BackendJob, DeviceSpec};
+use crate::config::{Precision, RunConfig, Stage, StageProbe};
+use crate::device::{dispatch, dispatch_all, BackendJob, DeviceSpec, DevicesJob};
 use crate::tasks::clip::{ClipModelConfig, ClipTask};
 use crate::tasks::decoder::{DecoderModelConfig, DecoderSpec};
 use crate::tasks::denoise::{DenoiseModelConfig, DenoiseTask};
@@ -21,7 +21,8 @@ use crate::trainer::{Resume, RunSummary, Trainer};
 use crate::{TrainError, TrainTask};
 
 /// Builds a stage's task on any backend (frozen models it needs are loaded on `device`).
-pub trait TaskFactory {
+/// Shared by the threads of a data-parallel run, each building its own task.
+pub trait TaskFactory: Sync {
     type Task<B: AutodiffBackend>: TrainTask<B>;
     fn build<B: AutodiffBackend>(&self, device: &B::Device) -> Result<Self::Task<B>, TrainError>;
 }
@@ -117,19 +118,67 @@ pub fn load<C: ModelSection>(
         overrides.push(format!("optim.max_steps={n}"));
     }
     let l = unclip_config::load::<RunConfig<C>>(path, &overrides)?;
-    if l.value.devices.len() != 1 {
-        return Err(TrainError::invalid(
-            "devices",
-            format!(
-                "list exactly one device (got {}); data-parallel training is not part of this build",
-                l.value.devices.len()
-            ),
-        ));
-    }
+    check_devices(&l.value)?;
     Ok(Loaded {
         config: l.value,
         resolved: l.resolved,
     })
+}
+
+/// The parsed `devices:` of a run.
+pub fn device_specs<C>(cfg: &RunConfig<C>) -> Result<Vec<DeviceSpec>, TrainError> {
+    cfg.devices.iter().map(|d| DeviceSpec::parse(d)).collect()
+}
+
+/// `devices`, `precision` and the batch split: checked when a config is loaded, before
+/// anything is written.
+fn check_devices<C>(cfg: &RunConfig<C>) -> Result<(), TrainError> {
+    let specs = device_specs(cfg)?;
+    let n = specs.len() as u64;
+    if n == 0 {
+        return Err(TrainError::invalid("devices", "list at least one device"));
+    }
+    let kind = std::mem::discriminant(&specs[0]);
+    if specs.iter().any(|s| std::mem::discriminant(s) != kind) {
+        return Err(TrainError::invalid(
+            "devices",
+            format!(
+                "{:?}: every device of a run must be of one kind (cpu, cuda:N or vulkan:N)",
+                cfg.devices
+            ),
+        ));
+    }
+    if cfg.precision == Precision::Bf16 {
+        let why = if specs[0] == DeviceSpec::Cpu {
+            "the CPU backend trains in f32 only; use `precision: f32`".to_owned()
+        } else {
+            "not supported in this build: burn 0.21 has no mixed precision, and pure bf16 \
+             weights and AdamW moments would lose the small updates of diffusion training \
+             (see docs/distributed.md); use `precision: f32`"
+                .to_owned()
+        };
+        return Err(TrainError::invalid("precision", format!("bf16: {why}")));
+    }
+    if n > 1 {
+        let bs = cfg.data.batch_size.0;
+        if !bs.is_multiple_of(n) {
+            return Err(TrainError::invalid(
+                "data.batch_size",
+                format!(
+                    "{bs} is the global micro-batch and must split evenly over the {n} devices; \
+                     use a multiple of {n}"
+                ),
+            ));
+        }
+        if cfg.stage == Stage::Clip {
+            return Err(TrainError::invalid(
+                "devices",
+                "stage clip trains on one device: its contrastive loss compares every sample \
+                 with the whole batch, which data-parallel ranks do not see",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The stage a config file trains.
@@ -152,18 +201,35 @@ struct TrainJob<F, C> {
     stop: Arc<AtomicBool>,
 }
 
-impl<F: TaskFactory, C: ModelSection> BackendJob for TrainJob<F, C> {
+impl<F: TaskFactory, C: ModelSection> DevicesJob for TrainJob<F, C> {
     type Output = RunSummary;
-    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<RunSummary, TrainError> {
-        let mut t = Trainer::<B, F::Task<B>, C>::new(
-            self.factory.build::<B>(&device)?,
-            self.loaded.config,
-            self.loaded.resolved,
-            device,
-            Some(self.out),
-            self.resume,
-        )?;
-        t.run(&self.stop)
+    fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>) -> Result<RunSummary, TrainError> {
+        if devices.len() == 1 {
+            let device = devices.into_iter().next().unwrap_or_default();
+            let mut t = Trainer::<B, F::Task<B>, C>::new(
+                self.factory.build::<B>(&device)?,
+                self.loaded.config,
+                self.loaded.resolved,
+                device,
+                Some(self.out),
+                self.resume,
+            )?;
+            return t.run(&self.stop);
+        }
+        let job = &self;
+        crate::parallel::run_ranks::<B, _, _>(devices, |ctx, device| {
+            crate::parallel::register::<B>(&ctx, &device)?;
+            let mut t = Trainer::<B, F::Task<B>, C>::new_rank(
+                job.factory.build::<B>(&device)?,
+                job.loaded.config.clone(),
+                job.loaded.resolved.clone(),
+                device,
+                Some(job.out.clone()),
+                job.resume.clone(),
+                Some(ctx),
+            )?;
+            t.run(&job.stop)
+        })
     }
 }
 
@@ -180,9 +246,9 @@ impl StageJob for Train {
         factory: F,
         loaded: Loaded<C>,
     ) -> Result<RunSummary, TrainError> {
-        let spec = DeviceSpec::parse(&loaded.config.devices[0])?;
-        dispatch(
-            spec,
+        let specs = device_specs(&loaded.config)?;
+        dispatch_all(
+            &specs,
             TrainJob {
                 factory,
                 loaded,
@@ -278,9 +344,15 @@ impl StageJob for Bench {
         factory: F,
         loaded: Loaded<C>,
     ) -> Result<BenchReport, TrainError> {
-        let spec = DeviceSpec::parse(&loaded.config.devices[0])?;
+        let specs = device_specs(&loaded.config)?;
+        if specs.len() != 1 {
+            return Err(TrainError::invalid(
+                "devices",
+                "`unclip bench train` measures one device: list exactly one",
+            ));
+        }
         dispatch(
-            spec,
+            specs[0],
             BenchJob {
                 factory,
                 loaded,

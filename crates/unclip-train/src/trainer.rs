@@ -25,6 +25,7 @@ use crate::config::{DataSource, RunConfig};
 use crate::ema::{all_finite, renumber_params, Ema};
 use crate::metrics::{Metrics, MetricsLine};
 use crate::optim::{self, lr_at};
+use crate::parallel::{self, RankCtx};
 use crate::{Split, TrainError, TrainTask, ValidationSums};
 
 /// The step key of validation forward passes: fixed, so every validation of a run draws the
@@ -96,6 +97,8 @@ pub struct Trainer<B: AutodiffBackend, T: TrainTask<B>, C> {
     metrics: Option<Metrics>,
     /// The step of the newest checkpoint on disk (saved or resumed from).
     saved_step: Option<u64>,
+    /// This replica's rank in a data-parallel run (`None`: one device).
+    dp: Option<RankCtx>,
 }
 
 impl<B, T, C> Trainer<B, T, C>
@@ -114,6 +117,32 @@ where
         run_dir: Option<PathBuf>,
         resume: Resume,
     ) -> Result<Self, TrainError> {
+        Self::new_rank(task, cfg, resolved, device, run_dir, resume, None)
+    }
+
+    /// [`new`](Self::new) for one replica of a data-parallel run (`dp`): its loader reads its
+    /// partition with `data.batch_size / world` samples per micro-batch, its weights become
+    /// rank 0's, and only rank 0 keeps an EMA and writes into `run_dir`.
+    pub fn new_rank(
+        task: T,
+        cfg: RunConfig<C>,
+        resolved: String,
+        device: B::Device,
+        run_dir: Option<PathBuf>,
+        resume: Resume,
+        dp: Option<RankCtx>,
+    ) -> Result<Self, TrainError> {
+        let root = dp.as_ref().is_none_or(RankCtx::is_root);
+        let world = dp.as_ref().map_or(1, RankCtx::world);
+        if !cfg.data.batch_size.0.is_multiple_of(world as u64) {
+            return Err(TrainError::invalid(
+                "data.batch_size",
+                format!(
+                    "{} is the global micro-batch and must split evenly over the {world} devices",
+                    cfg.data.batch_size.0
+                ),
+            ));
+        }
         // Every random weight is redrawn from our keyed RNG: the same seed gives the same model
         // on every backend, whatever burn's global stream holds.
         let model = task.init_model(&device);
@@ -130,10 +159,7 @@ where
         let model = renumber_params(model);
         let decay = optim::decay_set::<B, _>(&model);
         let mut me = Self {
-            ema: cfg
-                .ema
-                .enabled
-                .then(|| Ema::new(model.clone(), cfg.ema.clone())),
+            ema: (cfg.ema.enabled && root).then(|| Ema::new(model.clone(), cfg.ema.clone())),
             optim: optim::adamw::<B, T::Model>(&cfg.optim),
             state: TrainerState {
                 format_version: checkpoint::FORMAT_VERSION,
@@ -145,9 +171,12 @@ where
                 counters: Counters::default(),
                 best_val_loss: None,
                 best_step: None,
+                world_size: world as u32,
+                rank_cursors: Vec::new(),
             },
             writer: run_dir
                 .as_ref()
+                .filter(|_| root)
                 .map(|d| CheckpointWriter::new(d.clone(), cfg.checkpoint.keep_last.0)),
             task,
             cfg,
@@ -159,6 +188,7 @@ where
             run_dir,
             metrics: None,
             saved_step: None,
+            dp,
         };
         let from = match (&resume, &me.run_dir) {
             (Resume::No, Some(dir)) => {
@@ -180,7 +210,12 @@ where
         if let Some(dir) = from {
             me.restore(&dir)?;
         }
-        if let Some(dir) = &me.run_dir {
+        if let Some(ctx) = &me.dp {
+            // Every replica starts from rank 0's weights (exactly: the others add zeros).
+            me.model = parallel::broadcast_root::<B, _>(ctx, me.model.clone())?;
+            ctx.group.set_cursor(ctx.rank, me.state.cursor.clone());
+        }
+        if let (Some(dir), true) = (&me.run_dir, root) {
             std::fs::create_dir_all(dir)
                 .map_err(|e| TrainError::io("cannot create the run folder", dir, e))?;
             let p = dir.join("config.resolved.yaml");
@@ -195,9 +230,16 @@ where
             let shards = me.cfg.data.shards.clone().ok_or_else(|| {
                 TrainError::invalid("data.shards", "required with `data.source: shards`")
             })?;
+            let partition = match &me.dp {
+                Some(ctx) => Partition {
+                    rank: ctx.rank,
+                    world_size: ctx.world(),
+                },
+                None => Partition::SINGLE,
+            };
             me.loader = Some(Loader::new(
                 me.loader_config(shards, true),
-                Partition::SINGLE,
+                partition,
                 me.task.transform(Split::Train)?,
                 me.state.cursor.clone(),
             )?);
@@ -205,9 +247,29 @@ where
         Ok(me)
     }
 
+    /// Devices of the run (data-parallel ranks).
+    fn world(&self) -> u64 {
+        self.dp.as_ref().map_or(1, |c| c.world() as u64)
+    }
+
+    /// Rank 0, or the only rank: the one that writes.
+    fn is_root(&self) -> bool {
+        self.dp.as_ref().is_none_or(RankCtx::is_root)
+    }
+
+    /// Samples per micro-batch on this rank: its even share of `data.batch_size`.
+    fn local_batch_size(&self) -> u64 {
+        self.cfg.data.batch_size.0 / self.world()
+    }
+
     fn loader_config(&self, shards: String, training: bool) -> LoaderConfig {
         let d = &self.cfg.data;
-        let mut c = LoaderConfig::new(shards, d.batch_size.0 as usize);
+        let batch = if training {
+            self.local_batch_size()
+        } else {
+            d.batch_size.0
+        };
+        let mut c = LoaderConfig::new(shards, batch as usize);
         c.workers = d.workers.0 as usize;
         c.seed = self.cfg.seed;
         c.shuffle = training && d.shuffle;
@@ -233,6 +295,33 @@ where
                 diff: diff.join("\n"),
             });
         }
+        let world = self.world() as u32;
+        if state.world_size != world {
+            return Err(TrainError::Checkpoint {
+                path: dir.to_path_buf(),
+                why: format!(
+                    "written by a run on {} device(s), and this run has {world}: resume with {} \
+                     devices (`devices:` or `--devices`); each device's data position is saved \
+                     separately, so the device count cannot change within a run",
+                    state.world_size, state.world_size
+                ),
+            });
+        }
+        let cursor = match &self.dp {
+            Some(ctx) if world > 1 => {
+                if state.cursor.is_some() && state.rank_cursors.len() != world as usize {
+                    return Err(TrainError::Checkpoint {
+                        path: dir.join("state.json"),
+                        why: format!(
+                            "holds {} rank cursors for a run on {world} devices",
+                            state.rank_cursors.len()
+                        ),
+                    });
+                }
+                state.rank_cursors.get(ctx.rank).cloned()
+            }
+            _ => state.cursor.clone(),
+        };
         let rec = checkpoint::load_record::<B, _>(dir, "model", &self.device)?;
         self.model = self.model.clone().load_record(rec);
         if let Some(ema) = &mut self.ema {
@@ -243,6 +332,7 @@ where
         self.optim = optim::adamw::<B, T::Model>(&self.cfg.optim).load_record(rec);
         self.state = TrainerState {
             config_hash: self.state.config_hash.clone(),
+            cursor,
             ..state
         };
         self.saved_step = Some(self.state.step);
@@ -268,7 +358,9 @@ where
     }
 
     fn next_batch(&mut self, micro_step: u64) -> Result<Batch, TrainError> {
-        let bs = self.cfg.data.batch_size.0;
+        let global = self.cfg.data.batch_size.0;
+        let bs = self.local_batch_size();
+        let first = micro_step * global + self.dp.as_ref().map_or(0, |c| c.rank as u64) * bs;
         match &mut self.loader {
             Some(loader) => loader.next_batch()?.ok_or(TrainError::DataExhausted {
                 batches: loader.summary().batches,
@@ -277,16 +369,25 @@ where
                 let key = NoiseKey {
                     seed: self.cfg.seed,
                     step: micro_step,
-                    indices: (micro_step * bs..(micro_step + 1) * bs).collect(),
+                    indices: (first..first + bs).collect(),
                 };
                 Ok(self.task.random_batch(bs as usize, &key))
             }
         }
     }
 
-    /// One optimizer step over `accumulation_steps` micro-batches.
+    /// One optimizer step over `accumulation_steps` micro-batches (on every rank of a
+    /// data-parallel run together: gradients and loss are averaged over the ranks).
     pub fn train_step(&mut self) -> Result<StepReport, TrainError> {
         let step = self.state.step;
+        if let (Some(ctx), Some((rank, at))) = (&self.dp, parallel::injected_failure()) {
+            if ctx.rank == rank && step == at {
+                return Err(TrainError::Task(format!(
+                    "failure injected at step {step} by {}",
+                    parallel::FAIL_ENV
+                )));
+            }
+        }
         let accum = self.cfg.optim.accumulation_steps.0;
         let lr = lr_at(&self.cfg.optim, step);
         let mut grads = GradientsParams::new();
@@ -308,10 +409,16 @@ where
         if accum > 1 {
             optim::scale::<B, _>(&self.model, &mut grads, 1.0 / accum as f64);
         }
-        let loss = loss_sum / accum as f64;
+        let mut loss = loss_sum / accum as f64;
+        self.state.cursor = self.loader.as_ref().map(Loader::cursor);
+        if let Some(ctx) = &self.dp {
+            ctx.group.set_cursor(ctx.rank, self.state.cursor.clone());
+            (grads, loss) =
+                parallel::all_reduce_mean::<B, _>(ctx, &self.model, &self.device, grads, loss)?;
+            samples *= ctx.world();
+        }
         let grad_norm = optim::global_norm::<B, _>(&self.model, &mut grads);
         self.state.step += 1;
-        self.state.cursor = self.loader.as_ref().map(Loader::cursor);
         let counters = &mut self.state.counters;
         counters.samples_seen += samples as u64;
         let report = StepReport {
@@ -422,7 +529,11 @@ where
             optim: self.optim.to_record(),
             resolved_config: &self.resolved,
         };
-        let dir = writer.save::<B, _, _>(items, &self.state)?;
+        let mut state = self.state.clone();
+        if let Some(ctx) = &self.dp {
+            state.rank_cursors = ctx.group.cursors().unwrap_or_default();
+        }
+        let dir = writer.save::<B, _, _>(items, &state)?;
         self.saved_step = Some(self.state.step);
         if let Some(m) = &self.metrics {
             m.draw_curve()?;
@@ -434,6 +545,9 @@ where
         let (Some(dir), every) = (&self.run_dir, self.cfg.preview.every_steps) else {
             return Ok(());
         };
+        if !self.is_root() {
+            return Ok(());
+        }
         if self.state.step.checked_rem(every) != Some(0) {
             return Ok(());
         }
@@ -457,14 +571,20 @@ where
     pub fn run(&mut self, stop: &Arc<AtomicBool>) -> Result<RunSummary, TrainError> {
         let max = self.cfg.optim.max_steps.0;
         let hang_at: Option<u64> = std::env::var(HANG_ENV).ok().and_then(|s| s.parse().ok());
+        let root = self.is_root();
         let progress =
-            crate::progress::Progress::new(self.cfg.logging.progress, self.state.step, max);
+            crate::progress::Progress::new(self.cfg.logging.progress && root, self.state.step, max);
         let mut window = crate::progress::Window::new();
         let mut last_save = Instant::now();
         let mut last_checkpoint = None;
         let mut interrupted = false;
         while self.state.step < max {
-            if stop.load(Ordering::SeqCst) {
+            let mut stop_now = stop.load(Ordering::SeqCst);
+            if let Some(ctx) = &self.dp {
+                // Every rank takes the same decision, before anyone reads the step's data.
+                stop_now = ctx.group.barrier(stop_now)?;
+            }
+            if stop_now {
                 interrupted = true;
                 break;
             }
@@ -485,11 +605,7 @@ where
                     grad_norm: r.grad_norm,
                     samples_per_s: window.samples_per_s(),
                     skipped_steps: self.state.counters.nonfinite_skipped,
-                    data_skips: self
-                        .loader
-                        .as_ref()
-                        .map(|l| l.summary().skipped.clone())
-                        .unwrap_or_default(),
+                    data_skips: self.data_skips(),
                 };
                 if let Some(m) = &mut self.metrics {
                     m.write(&line)?;
@@ -497,7 +613,7 @@ where
                 window = crate::progress::Window::new();
             }
             let every_val = self.cfg.validation.every_steps;
-            if step.checked_rem(every_val) == Some(0) {
+            if root && step.checked_rem(every_val) == Some(0) {
                 if let Some(v) = self.validate()? {
                     if self.state.best_val_loss.is_none_or(|b| v.loss < b) {
                         self.state.best_val_loss = Some(v.loss);
@@ -532,6 +648,28 @@ where
             nonfinite_skipped: self.state.counters.nonfinite_skipped,
             best_val_loss: self.state.best_val_loss,
         })
+    }
+
+    /// Skipped samples by reason, over every rank.
+    fn data_skips(&self) -> BTreeMap<String, u64> {
+        let own = || {
+            self.loader
+                .as_ref()
+                .map(|l| l.summary().skipped.clone())
+                .unwrap_or_default()
+        };
+        match self.dp.as_ref().and_then(|c| c.group.cursors()) {
+            Some(cursors) => {
+                let mut out = BTreeMap::new();
+                for c in cursors {
+                    for (k, v) in c.summary.skipped {
+                        *out.entry(k).or_default() += v;
+                    }
+                }
+                out
+            }
+            None => own(),
+        }
     }
 
     /// Trainable parameters of the model.

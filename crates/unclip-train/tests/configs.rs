@@ -202,8 +202,28 @@ fn semantic_errors_name_the_key() {
             "model.channels: must be a multiple of 4, got 6",
         ),
         (
-            "stage: denoise\ndata:\n  batch_size: 2\ndevices: [cpu, cpu]\n",
-            "devices: list exactly one device",
+            "stage: denoise\ndata:\n  batch_size: 3\ndevices: [cpu, cpu]\n",
+            "data.batch_size: 3 is the global micro-batch and must split evenly over the 2 devices",
+        ),
+        (
+            "stage: denoise\ndata:\n  batch_size: 2\ndevices: [cpu, cuda:0]\n",
+            "devices: [\"cpu\", \"cuda:0\"]: every device of a run must be of one kind",
+        ),
+        (
+            "stage: denoise\ndata:\n  batch_size: 2\ndevices: []\n",
+            "devices: list at least one device",
+        ),
+        (
+            "stage: denoise\ndata:\n  batch_size: 2\nprecision: bf16\n",
+            "precision: bf16: the CPU backend trains in f32 only",
+        ),
+        (
+            "stage: denoise\ndata:\n  batch_size: 2\ndevices: [cuda:0, cuda:1]\nprecision: bf16\n",
+            "precision: bf16: not supported in this build: burn 0.21 has no mixed precision",
+        ),
+        (
+            "stage: denoise\ndata:\n  batch_size: 2\nprecision: f16\n",
+            "precision",
         ),
         (
             "stage: denoise\ndata:\n  batch_size: 2\ndevices: [tpu:0]\n",

@@ -44,19 +44,19 @@ fn finished_steps_are_skipped_and_modes_are_not_mixed() {
     assert!(err.contains("was made with --quick"), "{err}");
 }
 
-/// The learning test of the prior on the demo chain's embeddings (a quick demo: a CLIP trained
-/// from scratch, its embeddings, a prior trained on them): on held-out captions the prior's
-/// samples are closer to the true image embeddings than the text embedding and the dataset
-/// mean are, shuffled captions do clearly worse, and retrieval among 64 is far above chance.
+/// The whole quick demo, end to end, and the learning test of the prior on its embeddings (a
+/// CLIP trained from scratch, its embeddings, a prior trained on them): on held-out captions
+/// the prior's samples are closer to the true image embeddings than the text embedding and the
+/// dataset mean are, shuffled captions do clearly worse, and retrieval among 64 is far above
+/// chance. Then the decoder and upsampler train and export, the pipeline is assembled, `unclip
+/// sample` draws from it reproducibly, and the evaluation report is written.
 #[test]
-fn quick_demo_prior_beats_the_baselines() {
+fn quick_demo_runs_end_to_end_and_the_prior_beats_the_baselines() {
     let tmp = tempfile::tempdir().expect("tmp");
     let out = tmp.path().join("demo");
-    let report: Value = serde_json::from_str(&unclip_ok(
-        BIN,
-        &["demo", "--quick", "--until", "prior", "--out", s(&out)],
-    ))
-    .expect("json");
+    let report: Value =
+        serde_json::from_str(&unclip_ok(BIN, &["demo", "--quick", "--out", s(&out)]))
+            .expect("json");
     let clip = &report["clip"]["validation"];
     let top1 = clip["i2t_top1"].as_f64().expect("i2t_top1");
     assert!(
@@ -72,10 +72,70 @@ fn quick_demo_prior_beats_the_baselines() {
     for dir in [
         "clip",
         "prior",
+        "decoder",
+        "upsampler",
+        "pipeline/upsampler-1",
         "embeddings/train",
         "embeddings/val",
         "embeddings/holdout",
     ] {
         assert!(out.join(dir).is_dir(), "{dir} missing");
     }
+    // The upsampler's validation measures image quality against bicubic upsampling.
+    let u = &report["upsampler"]["validation"];
+    for k in [
+        "psnr_x0_mid",
+        "psnr_bicubic",
+        "psnr_sample",
+        "edge_energy_sample",
+    ] {
+        assert!(u[k].as_f64().is_some_and(f64::is_finite), "{k} in {u}");
+    }
+    assert_eq!(report["assemble"]["sides"], serde_json::json!([32, 64]));
+    // The evaluation: every figure is a fraction, the files are there.
+    let e = &report["eval"];
+    for set in ["single", "pairs", "holdout"] {
+        for k in ["color", "shape"] {
+            let x = e[set][k].as_f64().unwrap_or(-1.0);
+            assert!((0.0..=1.0).contains(&x), "{set}.{k} in {e}");
+        }
+    }
+    assert!(e["sweep"].as_array().is_some_and(|a| a.len() == 4), "{e}");
+    for f in [
+        "report.md",
+        "report.json",
+        "single.png",
+        "guidance_sweep.png",
+    ] {
+        assert!(out.join("report").join(f).is_file(), "{f} missing");
+    }
+    // `unclip sample`: text → 64 px images, the same again with the same seed.
+    let pipeline = out.join("pipeline");
+    let grid = |name: &str, seed: &str| {
+        let png = tmp.path().join(name);
+        unclip_ok(
+            BIN,
+            &[
+                "sample",
+                "--pipeline",
+                s(&pipeline),
+                "--prompt",
+                "a red square",
+                "-n",
+                "2",
+                "--seed",
+                seed,
+                "--quiet",
+                "--out",
+                s(&png),
+            ],
+        );
+        std::fs::read(png).expect("png")
+    };
+    let (a, b, c) = (grid("a.png", "1"), grid("b.png", "1"), grid("c.png", "2"));
+    assert_eq!(a, b, "same seed, different images");
+    assert_ne!(a, c, "another seed gave the same images");
+    let img = image::load_from_memory(&a).expect("png").to_rgb8();
+    // Two 64 px images side by side with 2 px borders.
+    assert_eq!(img.dimensions(), (2 * 66 + 2, 66 + 2));
 }

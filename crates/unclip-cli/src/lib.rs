@@ -6,6 +6,7 @@ mod bench;
 mod clip;
 mod demo;
 mod embed;
+mod sample;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -49,6 +50,14 @@ enum Command {
     /// The whole job on built-in data: shapes world → CLIP → embeddings → prior (re-running
     /// resumes).
     Demo(demo::DemoArgs),
+    /// Pipeline folders: assemble exports into one (see docs/inference.md).
+    #[command(subcommand)]
+    Pipeline(sample::PipelineCommand),
+    /// Generate images from a pipeline folder: text → images, variations, interpolation.
+    Sample(sample::SampleArgs),
+    /// Score a pipeline on held-out shapes-world captions: attribute accuracy, binding,
+    /// CLIP score, CMMD, guidance sweep (report.md + PNGs).
+    Eval(sample::EvalArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -138,5 +147,8 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Export(args) => train::export(args),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Demo(args) => demo::run(args),
+        Command::Pipeline(cmd) => sample::run_pipeline(cmd),
+        Command::Sample(args) => sample::run_sample(args),
+        Command::Eval(args) => sample::run_eval(args),
     }
 }

@@ -27,13 +27,27 @@ pub fn image_grid_with_columns(pixels: &[f32], count: usize, size: usize, cols: 
                 let mut px = [0u8; 3];
                 for (c, p) in px.iter_mut().enumerate() {
                     let v = pixels.get(i * 3 * plane + c * plane + y * size + x);
-                    *p = (((v.copied().unwrap_or(0.0) + 1.0) * 127.5).clamp(0.0, 255.0)) as u8;
+                    *p = to_u8(v.copied().unwrap_or(0.0));
                 }
                 img.put_pixel((ox + x) as u32, (oy + y) as u32, Rgb(px));
             }
         }
     }
     img
+}
+
+/// A value in [-1, 1] as an 8-bit level (clamped; NaN → 0).
+pub fn to_u8(v: f32) -> u8 {
+    ((v + 1.0) * 127.5).round().clamp(0.0, 255.0) as u8
+}
+
+/// One CHW image in [-1, 1] (`[3, h, w]`) as an RGB image.
+pub fn chw_to_rgb(pixels: &[f32], w: usize, h: usize) -> RgbImage {
+    let plane = w * h;
+    RgbImage::from_fn(w as u32, h as u32, |x, y| {
+        let i = y as usize * w + x as usize;
+        Rgb([0, 1, 2].map(|c| to_u8(pixels.get(c * plane + i).copied().unwrap_or(0.0))))
+    })
 }
 
 /// Loss against step on a log scale: training loss in blue, validation loss in red.

@@ -40,6 +40,18 @@ pub struct ClipDims {
     pub text_len: usize,
 }
 
+impl ClipDims {
+    /// Writes these sizes into an export's `model:` section (`embed_dim`, `text_width`,
+    /// `text_len`), so that inference rebuilds the network without the embedding store.
+    pub fn record(&self, model: &mut serde_json::Value) {
+        if let Some(m) = model.as_object_mut() {
+            m.insert("embed_dim".into(), self.embed_dim.into());
+            m.insert("text_width".into(), self.text_width.into());
+            m.insert("text_len".into(), self.text_len.into());
+        }
+    }
+}
+
 /// The empty caption's embedding, encodings and mask: what a dropped caption becomes.
 #[derive(Debug, Clone)]
 pub struct EmptyCaption {

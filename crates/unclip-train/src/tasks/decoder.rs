@@ -26,7 +26,9 @@ use unclip_clip::Clip;
 use unclip_data::transform::Crop;
 use unclip_data::SampleTransform;
 use unclip_data::{Batch, BatchField, ImageTransform};
-use unclip_diffusion::{guided_model, GaussianDiffusion, LossOptions, Sampler, VarianceType};
+use unclip_diffusion::{
+    guided_model, DiffusionConfig, GaussianDiffusion, LossOptions, Sampler, VarianceType,
+};
 use unclip_models::{
     text_proj_to_diffusers, unet_to_diffusers, ClipCondConfig, ClipConditioning, NoiseKey, UNet,
     UNetConfig,
@@ -227,6 +229,7 @@ pub struct DecoderSpec {
     sampler: Sampler,
     loss: LossOptions,
     variance: VarianceType,
+    diffusion_config: DiffusionConfig,
     /// Shards (and their split) the preview draws its ground truth from.
     preview_shards: Option<(String, Split)>,
 }
@@ -387,9 +390,75 @@ impl DecoderSpec {
             sampler: cfg.diffusion.sampler()?,
             loss: cfg.diffusion.loss_options(),
             variance: cfg.diffusion.variance,
+            diffusion_config: cfg.diffusion.clone(),
             preview_shards,
         })
     }
+}
+
+impl DecoderSpec {
+    /// The stage's `diffusion:` section.
+    pub fn diffusion_config(&self) -> &DiffusionConfig {
+        &self.diffusion_config
+    }
+
+    /// Samples `[N, 3, S, S]` images in [-1, 1] with `sampler` for `cond`, classifier-free guidance
+    /// `scale` against `uncond` (rows of the same batch with the image embedding and caption
+    /// dropped; not evaluated at scale 1), guidance on ε with the variance of the conditional
+    /// branch. The start noise and every step's noise come from `(key.seed, key.step)`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn sample_images<B: Backend>(
+        &self,
+        sampler: &Sampler,
+        model: &Decoder<B>,
+        cond: &DecoderInputs<B>,
+        uncond: &DecoderInputs<B>,
+        scale: f64,
+        key: &NoiseKey,
+        device: &B::Device,
+    ) -> Tensor<B, 4> {
+        let n = cond.image_embed.dims()[0];
+        let s = self.image_size;
+        let shape = [n, 3, s, s];
+        let normal = |purpose: &str, step: u64| {
+            super::keyed_normal::<B, 4>(key.seed, purpose, step, shape, device)
+        };
+        let noise = |step: usize| normal("preview_step", key.step.wrapping_add(step as u64 + 1));
+        let start = normal("preview_start", key.step);
+        if scale == 1.0 {
+            return sampler.sample(start, |x, t| model.forward(x, t, cond, None), noise, |_| {});
+        }
+        let both = cond.cat(uncond);
+        sampler.sample(
+            start,
+            guided_model(
+                |x, t: &[usize]| model.forward(x, t, &both, None),
+                scale,
+                self.variance,
+            ),
+            noise,
+            |_| {},
+        )
+    }
+}
+
+/// The network inputs of CLIP image embeddings `image_embed` `[N, D]` and captions `text`
+/// (embedding + per-token encodings), rows flagged in `drop_image` replaced by `model`'s
+/// learned null embedding (the caller replaces dropped captions in `text`).
+pub fn decoder_inputs<B: Backend>(
+    model: &Decoder<B>,
+    image_embed: Tensor<B, 2>,
+    drop_image: Vec<bool>,
+    drop_text: Vec<bool>,
+    text: TextInputs<B>,
+) -> Result<DecoderInputs<B>, TrainError> {
+    assemble(
+        model.cond.null_image_embed.val(),
+        image_embed,
+        drop_image,
+        drop_text,
+        text,
+    )
 }
 
 impl TaskFactory for DecoderSpec {
@@ -667,45 +736,23 @@ impl<B: AutodiffBackend> TrainTask<B> for DecoderTask<B> {
         let model = model.valid();
         let cond = self.inner_inputs(&model, &batch, vec![false; n], vec![false; n], device)?;
         let uncond = self.inner_inputs(&model, &batch, vec![true; n], vec![true; n], device)?;
-        let both = cond.cat(&uncond);
-        let shape = [n, 3, s, s];
-        let normal = |purpose: &str, step: u64| {
-            super::keyed_normal::<B::InnerBackend, 4>(key.seed, purpose, step, shape, device)
-        };
-        let noise = |step: usize| normal("preview_step", key.step.wrapping_add(step as u64 + 1));
-        let start = normal("preview_start", key.step);
         let truth = batch.tensor::<B::InnerBackend, 4>("image", device)?;
         let mut columns = vec![truth];
         for scale in PREVIEW_GUIDANCE {
-            let x0 = if scale == 1.0 {
-                self.spec.sampler.sample(
-                    start.clone(),
-                    |x, t| model.forward(x, t, &cond, None),
-                    noise,
-                    |_| {},
-                )
-            } else {
-                self.spec.sampler.sample(
-                    start.clone(),
-                    guided_model(
-                        |x, t: &[usize]| model.forward(x, t, &both, None),
-                        scale,
-                        self.spec.variance,
-                    ),
-                    noise,
-                    |_| {},
-                )
-            };
-            columns.push(x0);
+            columns.push(self.spec.sample_images(
+                &self.spec.sampler,
+                &model,
+                &cond,
+                &uncond,
+                scale,
+                key,
+                device,
+            ));
         }
         // One row per sample: ground truth, then each guidance scale.
         let cols = columns.len();
         let grid = Tensor::stack::<5>(columns, 1).reshape([n * cols, 3, s, s]);
-        let pixels: Vec<f32> = grid
-            .into_data()
-            .convert::<f32>()
-            .to_vec()
-            .map_err(|e| TrainError::Task(format!("preview: {e:?}")))?;
+        let pixels: Vec<f32> = super::to_vec(grid)?;
         Ok(Some(crate::plot::image_grid_with_columns(
             &pixels,
             n * cols,
@@ -721,6 +768,9 @@ impl<B: AutodiffBackend> TrainTask<B> for DecoderTask<B> {
         out: &Path,
         layout: ExportLayout,
     ) -> Result<ExportReport, TrainError> {
+        let mut meta = meta.clone();
+        self.spec.cond.dims.record(&mut meta.model);
+        let meta = &meta;
         match layout {
             ExportLayout::Native => crate::export::write_native::<B, _>(model, meta, out),
             ExportLayout::Diffusers => self.export_diffusers(model, meta, out),

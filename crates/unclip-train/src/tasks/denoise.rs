@@ -227,11 +227,7 @@ impl<B: AutodiffBackend> TrainTask<B> for DenoiseTask {
             |step| normal("preview_step", key.step.wrapping_add(step as u64 + 1)),
             |_| {},
         );
-        let pixels: Vec<f32> = x0
-            .into_data()
-            .convert::<f32>()
-            .to_vec()
-            .map_err(|e| TrainError::Task(format!("preview: {e:?}")))?;
+        let pixels: Vec<f32> = super::to_vec(x0)?;
         Ok(Some(crate::plot::image_grid(&pixels, count, s)))
     }
 }

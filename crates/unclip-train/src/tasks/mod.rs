@@ -7,6 +7,8 @@ pub mod denoise;
 pub mod prior;
 pub mod upsampler;
 
+mod image_metrics;
+
 use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Tensor, TensorData};
 use unclip_diffusion::{GaussianDiffusion, LossOptions};
@@ -34,6 +36,14 @@ pub(crate) fn first_samples(
     loader
         .next_batch()?
         .ok_or_else(|| TrainError::Task(format!("preview: no usable sample in {shards}")))
+}
+
+/// A tensor's values as f32.
+pub(crate) fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<Vec<f32>, TrainError> {
+    t.into_data()
+        .convert::<f32>()
+        .to_vec()
+        .map_err(|e| TrainError::Task(format!("reading a tensor: {e:?}")))
 }
 
 /// Standard normal numbers of `shape` from `KeyedRng(seed, purpose, step, 0)`: the start and

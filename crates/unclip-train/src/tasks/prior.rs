@@ -25,6 +25,7 @@ use unclip_models::{keyed_init, NoiseKey, PriorConfig, PriorTransformer};
 use unclip_rng::KeyedRng;
 
 use super::cond::{ClipDims, Conditioning, NoImage, TextEncodingsSource, TextInputs};
+use super::to_vec;
 use super::Noised;
 use crate::config::{AtLeastOne, DataSource, Fraction, RunConfig};
 use crate::export::{ExportLayout, ExportMeta, ExportReport};
@@ -219,6 +220,18 @@ impl PriorSpec {
     }
 }
 
+impl PriorSpec {
+    /// The stage's `diffusion:` section.
+    pub fn diffusion_config(&self) -> &DiffusionConfig {
+        &self.diffusion
+    }
+
+    /// Samples drawn per caption at sampling, the best kept (`model.n_candidates`).
+    pub fn n_candidates(&self) -> usize {
+        self.n_candidates
+    }
+}
+
 impl crate::launch::TaskFactory for PriorSpec {
     type Task<B: AutodiffBackend> = PriorTask<B>;
     fn build<B: AutodiffBackend>(&self, device: &B::Device) -> Result<PriorTask<B>, TrainError> {
@@ -257,13 +270,6 @@ fn repeat_rows<B: Backend, const D: usize>(x: Tensor<B, D>, k: usize) -> Tensor<
     let idx =
         Tensor::<B, 1, burn::tensor::Int>::from_data(TensorData::new(idx, [n * k]), &x.device());
     x.select(0, idx)
-}
-
-fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<Vec<f32>, TrainError> {
-    t.into_data()
-        .convert::<f32>()
-        .to_vec()
-        .map_err(|e| TrainError::Task(format!("reading a tensor: {e:?}")))
 }
 
 /// Samples image embeddings (raw CLIP space, [N, D]) for `text` with the prior `model`:
@@ -711,6 +717,9 @@ impl<B: AutodiffBackend> TrainTask<B> for PriorTask<B> {
         out: &Path,
         layout: ExportLayout,
     ) -> Result<ExportReport, TrainError> {
+        let mut meta = meta.clone();
+        self.cond.dims.record(&mut meta.model);
+        let meta = &meta;
         match layout {
             ExportLayout::Native => crate::export::write_native::<B, _>(model, meta, out),
             ExportLayout::Diffusers => {

@@ -34,12 +34,13 @@ use unclip_data::transform::{to_chw_unit, Crop, DecodedSample, SampleContext};
 use unclip_data::transform::{Example, Field, TransformError};
 use unclip_data::SampleTransform;
 use unclip_data::{Batch, BatchField, ImageTransform};
-use unclip_diffusion::{GaussianDiffusion, LossOptions, Sampler, VarianceType};
+use unclip_diffusion::{DiffusionConfig, GaussianDiffusion, LossOptions, Sampler, VarianceType};
 use unclip_models::{
     unet_to_diffusers, NoiseKey, TimestepMlp, TimestepMlpConfig, UNet, UNetConfig,
 };
 
 use self::degrade::{DegradationConfig, LowRes, ResizeMode};
+use super::{image_metrics, to_vec};
 use crate::config::{AtLeastOne, DataSource, Fraction, RunConfig};
 use crate::export::{ExportLayout, ExportMeta, ExportReport};
 use crate::launch::TaskFactory;
@@ -97,6 +98,10 @@ pub struct UpsamplerModelConfig {
     pub upsample: ResizeMode,
     pub degradation: DegradationConfig,
     pub noise_aug: NoiseAugConfig,
+    /// Validation also samples every held-out image with `diffusion.sampling` and reports
+    /// `psnr_sample` and the edge energies (sampler steps × validation batches of extra
+    /// forward passes; off by default).
+    pub sample_metrics: bool,
 }
 
 impl Default for UpsamplerModelConfig {
@@ -113,6 +118,7 @@ impl Default for UpsamplerModelConfig {
             upsample: ResizeMode::Bicubic,
             degradation: DegradationConfig::default(),
             noise_aug: NoiseAugConfig::default(),
+            sample_metrics: false,
         }
     }
 }
@@ -239,6 +245,7 @@ pub struct UpsamplerSpec {
     diffusion: GaussianDiffusion,
     sampler: Sampler,
     loss: LossOptions,
+    diffusion_config: DiffusionConfig,
     preview_shards: Option<String>,
 }
 
@@ -374,6 +381,7 @@ impl UpsamplerSpec {
             diffusion: cfg.diffusion.diffusion()?,
             sampler: cfg.diffusion.sampler()?,
             loss: cfg.diffusion.loss_options(),
+            diffusion_config: cfg.diffusion.clone(),
             preview_shards: d.val_shards.clone().or_else(|| d.shards.clone()),
         })
     }
@@ -385,6 +393,102 @@ impl UpsamplerSpec {
             t.crop = self.image_size as u32;
         }
         t
+    }
+}
+
+impl UpsamplerSpec {
+    /// The stage's `diffusion:` section.
+    pub fn diffusion_config(&self) -> &DiffusionConfig {
+        &self.diffusion_config
+    }
+
+    /// The network's conditioning from `low` (`[N, 3, S, S]`, the low-res images upsampled to
+    /// the target side), noise-augmented when enabled — in training (`train`) at a level
+    /// drawn per sample from `key` (`noise_aug_level`), else at `sample_level`; the noise from
+    /// `key` (`noise_aug`). Returns the augmentation timesteps with the augmentation.
+    pub fn augment<Bk: Backend>(
+        &self,
+        low: Tensor<Bk, 4>,
+        key: &NoiseKey,
+        train: bool,
+    ) -> (Tensor<Bk, 4>, Option<Vec<usize>>) {
+        let na = &self.model.noise_aug;
+        if !na.enabled {
+            return (low, None);
+        }
+        let dims = low.dims();
+        let per_row: usize = dims[1..].iter().product();
+        let last = (self.diffusion.schedule().len() - 1) as f64;
+        let mut t = Vec::with_capacity(dims[0]);
+        let mut noise = vec![0f32; dims[0] * per_row];
+        for (row, chunk) in noise.chunks_mut(per_row).enumerate() {
+            let level = if train {
+                key.rng("noise_aug_level", row).uniform_f64() * na.max_level
+            } else {
+                na.sample_level
+            };
+            t.push((level * last).round() as usize);
+            key.rng("noise_aug", row).fill_normal_f32(chunk);
+        }
+        let noise = Tensor::<Bk, 4>::from_data(TensorData::new(noise, dims), &low.device());
+        let low = self.diffusion.q_sample(low, &t, noise);
+        (low, Some(t))
+    }
+
+    /// Samples `[N, 3, S, S]` in [-1, 1] with `sampler` conditioned on `low` (the low-res
+    /// images upsampled to the target side, before augmentation); the start noise and every
+    /// step's noise from `(key.seed, key.step)`, the augmentation noise per row of `key`.
+    pub fn sample_images<Bk: Backend>(
+        &self,
+        sampler: &Sampler,
+        model: &Upsampler<Bk>,
+        low: Tensor<Bk, 4>,
+        key: &NoiseKey,
+    ) -> Tensor<Bk, 4> {
+        let device = low.device();
+        let (cond, aug_t) = self.augment(low, key, false);
+        let shape = cond.dims();
+        let normal = |purpose: &str, step: u64| {
+            super::keyed_normal::<Bk, 4>(key.seed, purpose, step, shape, &device)
+        };
+        sampler.sample(
+            normal("preview_start", key.step),
+            |x, t| model.forward(x, cond.clone(), t, aug_t.as_deref(), None),
+            |step| normal("preview_step", key.step.wrapping_add(step as u64 + 1)),
+            |_| {},
+        )
+    }
+
+    /// `images` (`[N, 3, s, s]` in [-1, 1], the low-res side) as the network's conditioning
+    /// input: quantised to 8 bits and upsampled to the target side as in training.
+    pub fn upsample_low_res<Bk: Backend>(
+        &self,
+        images: Tensor<Bk, 4>,
+    ) -> Result<Tensor<Bk, 4>, TrainError> {
+        let [n, c, h, w] = images.dims();
+        let device = images.device();
+        if c != 3 || h != self.low_res_size || w != self.low_res_size {
+            return Err(TrainError::Task(format!(
+                "the upsampler takes [N, 3, {l}, {l}] images, got [{n}, {c}, {h}, {w}]",
+                l = self.low_res_size
+            )));
+        }
+        let pixels = to_vec(images)?;
+        let s = self.image_size;
+        let mut out = Vec::with_capacity(n * 3 * s * s);
+        for img in pixels.chunks_exact(3 * h * w) {
+            let rgb = crate::plot::chw_to_rgb(img, w, h);
+            let up = self
+                .transform
+                .low_res
+                .upsample(&rgb, s as u32)
+                .map_err(TrainError::Task)?;
+            to_chw_unit(&up, &mut out);
+        }
+        Ok(Tensor::from_data(
+            TensorData::new(out, [n, 3, s, s]),
+            &device,
+        ))
     }
 }
 
@@ -416,27 +520,7 @@ impl UpsamplerTask {
         device: &Bk::Device,
     ) -> Result<(Tensor<Bk, 4>, Option<Vec<usize>>), TrainError> {
         let low = batch.tensor::<Bk, 4>("low_res", device)?;
-        let na = &self.spec.model.noise_aug;
-        if !na.enabled {
-            return Ok((low, None));
-        }
-        let dims = low.dims();
-        let per_row: usize = dims[1..].iter().product();
-        let last = (self.spec.diffusion.schedule().len() - 1) as f64;
-        let mut t = Vec::with_capacity(dims[0]);
-        let mut noise = vec![0f32; dims[0] * per_row];
-        for (row, chunk) in noise.chunks_mut(per_row).enumerate() {
-            let level = if train {
-                key.rng("noise_aug_level", row).uniform_f64() * na.max_level
-            } else {
-                na.sample_level
-            };
-            t.push((level * last).round() as usize);
-            key.rng("noise_aug", row).fill_normal_f32(chunk);
-        }
-        let noise = Tensor::<Bk, 4>::from_data(TensorData::new(noise, dims), device);
-        let low = self.spec.diffusion.q_sample(low, &t, noise);
-        Ok((low, Some(t)))
+        Ok(self.spec.augment(low, key, train))
     }
 
     fn random_batch_sized(&self, n: usize, key: &NoiseKey, side: usize) -> Batch {
@@ -499,17 +583,8 @@ impl UpsamplerTask {
         key: &NoiseKey,
         device: &Bk::Device,
     ) -> Result<Tensor<Bk, 4>, TrainError> {
-        let (cond, aug_t) = self.conditioning::<Bk>(batch, key, false, device)?;
-        let shape = cond.dims();
-        let normal = |purpose: &str, step: u64| {
-            super::keyed_normal::<Bk, 4>(key.seed, purpose, step, shape, device)
-        };
-        Ok(self.spec.sampler.sample(
-            normal("preview_start", key.step),
-            |x, t| model.forward(x, cond.clone(), t, aug_t.as_deref(), None),
-            |step| normal("preview_step", key.step.wrapping_add(step as u64 + 1)),
-            |_| {},
-        ))
+        let low = batch.tensor::<Bk, 4>("low_res", device)?;
+        Ok(self.spec.sample_images(&self.spec.sampler, model, low, key))
     }
 
     fn export_diffusers<B: Backend>(
@@ -594,6 +669,10 @@ impl<B: AutodiffBackend> TrainTask<B> for UpsamplerTask {
         Ok(losses.loss.mean())
     }
 
+    /// The loss, plus image metrics per held-out image: `psnr_x0_mid` (the network's x̂0 at
+    /// the fixed timestep T/2, from the same noise as the loss), `psnr_bicubic` (the
+    /// conditioning itself) and, with `model.sample_metrics`, `psnr_sample` and the gradient
+    /// energy at the ground truth's edges of the sample, the conditioning and the truth.
     fn validation_sums(
         &self,
         model: &Upsampler<B>,
@@ -603,16 +682,63 @@ impl<B: AutodiffBackend> TrainTask<B> for UpsamplerTask {
     ) -> Result<ValidationSums, TrainError> {
         let model = model.valid();
         type I<B> = <B as AutodiffBackend>::InnerBackend;
+        let diffusion = &self.spec.diffusion;
         let x0 = batch.tensor::<I<B>, 4>("image", device)?;
         let (cond, aug_t) = self.conditioning::<I<B>>(batch, key, false, device)?;
-        let (x0, x_t, noise, idx) = super::noise_keyed(&self.spec.diffusion, x0, key);
-        let out = model.forward(x_t.clone(), cond, &idx, aug_t.as_deref(), None);
-        Ok(super::diffusion_loss_sums(
-            &self.spec.diffusion,
+        let (x0, x_t, noise, idx) = super::noise_keyed(diffusion, x0, key);
+        let out = model.forward(x_t.clone(), cond.clone(), &idx, aug_t.as_deref(), None);
+        let mut sums = super::diffusion_loss_sums(
+            diffusion,
             &self.spec.loss,
-            (out, x0, x_t, noise),
+            (out, x0.clone(), x_t, noise.clone()),
             &idx,
-        ))
+        );
+        let n = batch.len();
+        let mid = vec![diffusion.schedule().len() / 2; n];
+        let x_mid = diffusion.q_sample(x0, &mid, noise);
+        let out = model.forward(x_mid.clone(), cond, &mid, aug_t.as_deref(), None);
+        let (mean, _) = diffusion.split_output(out, 3);
+        let x0_hat = to_vec(diffusion.pred_x0(mean, x_mid, &mid))?;
+        let field = |name: &str| {
+            batch
+                .field(name)
+                .map(|f| f.data.clone())
+                .ok_or_else(|| TrainError::Task(format!("validation: no `{name}` in the batch")))
+        };
+        let (truth, bicubic) = (field("image")?, field("low_res")?);
+        let s = self.spec.image_size;
+        let per = 3 * s * s;
+        let rows = |v: &[f32]| v.chunks_exact(per).map(<[f32]>::to_vec).collect::<Vec<_>>();
+        let (truth, bicubic, x0_hat) = (rows(&truth), rows(&bicubic), rows(&x0_hat));
+        let sum = |f: &dyn Fn(usize) -> f64| (0..n).map(f).sum::<f64>();
+        sums.metrics.push((
+            "psnr_x0_mid".into(),
+            sum(&|i| image_metrics::psnr(&x0_hat[i], &truth[i])),
+        ));
+        sums.metrics.push((
+            "psnr_bicubic".into(),
+            sum(&|i| image_metrics::psnr(&bicubic[i], &truth[i])),
+        ));
+        if self.spec.model.sample_metrics {
+            let sample = rows(&to_vec(self.sample(&model, batch, key, device)?)?);
+            let masks: Vec<_> = truth
+                .iter()
+                .map(|t| image_metrics::edge_mask(t, s))
+                .collect();
+            let edge =
+                |img: &[Vec<f32>], i: usize| image_metrics::edge_energy(&img[i], s, &masks[i]);
+            sums.metrics.push((
+                "psnr_sample".into(),
+                sum(&|i| image_metrics::psnr(&sample[i], &truth[i])),
+            ));
+            sums.metrics
+                .push(("edge_energy_sample".into(), sum(&|i| edge(&sample, i))));
+            sums.metrics
+                .push(("edge_energy_bicubic".into(), sum(&|i| edge(&bicubic, i))));
+            sums.metrics
+                .push(("edge_energy_truth".into(), sum(&|i| edge(&truth, i))));
+        }
+        Ok(sums)
     }
 
     fn preview(
@@ -640,11 +766,7 @@ impl<B: AutodiffBackend> TrainTask<B> for UpsamplerTask {
         };
         let small = field("low_res_small")?;
         let l = self.spec.low_res_size;
-        let sample: Vec<f32> = sample
-            .into_data()
-            .convert::<f32>()
-            .to_vec()
-            .map_err(|e| TrainError::Task(format!("preview: {e:?}")))?;
+        let sample = to_vec(sample)?;
         let columns = [
             nearest_up(&small, n, l, s),
             field("low_res")?,

@@ -112,10 +112,10 @@ impl Plan {
                     "preview.every_steps=200",
                 ]),
                 upsampler: strings([
-                    "optim.max_steps=100",
-                    "checkpoint.every_steps=100",
-                    "validation.every_steps=100",
-                    "preview.every_steps=100",
+                    "optim.max_steps=60",
+                    "checkpoint.every_steps=60",
+                    "validation.every_steps=60",
+                    "preview.every_steps=60",
                     "validation.batches=1",
                 ]),
             }

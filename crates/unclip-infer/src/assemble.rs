@@ -179,7 +179,7 @@ mod tests {
         fake_export(&o.prior, "prior");
         // The decoder folder holds an upsampler export.
         fake_export(&o.decoder, "upsampler");
-        let e = assemble(&o).err().expect("refused").to_string();
+        let e = assemble(&o).expect_err("refused").to_string();
         assert!(
             e.contains("holds a `upsampler` export, not `decoder`"),
             "{e}"
@@ -187,15 +187,15 @@ mod tests {
         std::fs::remove_dir_all(&o.decoder).unwrap();
         std::fs::create_dir_all(&o.decoder).unwrap();
         std::fs::write(o.decoder.join("config.json"), r#"{"model": {}}"#).unwrap();
-        let e = assemble(&o).err().expect("refused").to_string();
+        let e = assemble(&o).expect_err("refused").to_string();
         assert!(e.contains("not an unclip export"), "{e}");
         std::fs::create_dir_all(&o.out).unwrap();
         std::fs::write(o.out.join("pipeline.json"), "{}").unwrap();
-        let e = assemble(&o).err().expect("refused").to_string();
+        let e = assemble(&o).expect_err("refused").to_string();
         assert!(e.contains("--overwrite"), "{e}");
         let mut three = o.clone();
         three.upsamplers = vec![o.prior.clone(); 3];
-        let e = assemble(&three).err().expect("refused").to_string();
+        let e = assemble(&three).expect_err("refused").to_string();
         assert!(e.contains("at most two upsamplers"), "{e}");
     }
 }

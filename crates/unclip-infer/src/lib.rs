@@ -573,7 +573,7 @@ mod tests {
     #[test]
     fn a_missing_or_foreign_pipeline_json_is_a_clear_error() {
         let tmp = tempfile::tempdir().unwrap();
-        let e = read_config(tmp.path()).err().unwrap().to_string();
+        let e = read_config(tmp.path()).unwrap_err().to_string();
         assert!(e.contains("unclip pipeline assemble"), "{e}");
         std::fs::write(
             tmp.path().join("pipeline.json"),
@@ -581,7 +581,7 @@ mod tests {
                 "decoder": {"path": "d", "sampling": {}}}"#,
         )
         .unwrap();
-        let e = read_config(tmp.path()).err().unwrap().to_string();
+        let e = read_config(tmp.path()).unwrap_err().to_string();
         assert!(e.contains("format `x`"), "{e}");
     }
 }

@@ -494,9 +494,12 @@ pub fn evaluate<B: AutodiffBackend>(
             "no single-object shapes-world captions found (is this a `unclip data synth` folder?)",
         ));
     }
+    // Colour, shape and position are decided by the decoder: score its images (the
+    // upsamplers' quality is measured against bicubic in their own validation).
     let base = GenerateOptions {
         seed: o.seed,
         progress: false,
+        max_upsamplers: Some(0),
         ..Default::default()
     };
     let guidance = p.config.decoder.sampling.guidance_scale;
@@ -547,7 +550,6 @@ pub fn evaluate<B: AutodiffBackend>(
                     guidance: Some(g),
                     ..Default::default()
                 },
-                max_upsamplers: Some(0),
                 ..base.clone()
             };
             let images = p.generate(&captions, &opts, text_as_image)?;
@@ -595,8 +597,9 @@ fn write_report(r: &EvalReport, out: &Path) -> Result<(), InferError> {
     let mut md = String::new();
     md.push_str("# unclip evaluation\n\n");
     md.push_str(&format!(
-        "Pipeline `{}`; decoder guidance {} (pipeline default); images scored at the last \
-         stage's resolution by the shapes-world pixel scorer. Chance: colour {}, shape {}.\n\n",
+        "Pipeline `{}`; decoder guidance {} (pipeline default); the decoder's images (before \
+         the upsamplers, whose quality is measured against bicubic upsampling in their own \
+         validation) scored by the shapes-world pixel scorer. Chance: colour {}, shape {}.\n\n",
         r.pipeline.display(),
         r.decoder_guidance,
         pct(r.chance_color),
@@ -641,7 +644,7 @@ fn write_report(r: &EvalReport, out: &Path) -> Result<(), InferError> {
     ));
     md.push_str("## Guidance sweep\n\n![sweep](guidance_sweep.png)\n\n");
     md.push_str(
-        "Decoder images (before the upsamplers). x: diversity (mean pairwise RMS pixel distance \
+        "x: diversity (mean pairwise RMS pixel distance \
          among one caption's samples); y: colour accuracy; blue: unCLIP (prior → decoder), red: the decoder fed the text embedding in \
          place of an image embedding; larger markers = larger guidance.\n\n",
     );

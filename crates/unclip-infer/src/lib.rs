@@ -31,7 +31,7 @@ use unclip_train::reload::{self, Reloaded};
 use unclip_train::tasks::cond::{
     ClipDims, Conditioning, EmptyCaption, TextEncodingsSource, TextInputs,
 };
-use unclip_train::tasks::decoder::{decoder_inputs, Decoder, DecoderSpec};
+use unclip_train::tasks::decoder::{Decoder, DecoderSpec};
 use unclip_train::tasks::prior::{sample_embeddings, PriorSpec};
 use unclip_train::tasks::upsampler::{Upsampler, UpsamplerSpec};
 use unclip_train::TrainError;
@@ -457,14 +457,14 @@ impl<B: AutodiffBackend> Pipeline<B> {
         };
         let embeds = values(image_embed.clone())?;
         let model = &self.decoder.model;
-        let cond = decoder_inputs(
+        let cond = spec.inputs(
             model,
             image_embed.clone(),
             vec![false; n],
             vec![false; n],
             text,
         )?;
-        let uncond = decoder_inputs(model, image_embed, vec![true; n], vec![true; n], empty)?;
+        let uncond = spec.inputs(model, image_embed, vec![true; n], vec![true; n], empty)?;
         let key = NoiseKey {
             seed: opts.seed,
             step: 1,

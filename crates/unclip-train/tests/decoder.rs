@@ -461,6 +461,7 @@ fn learned_variance_must_match_the_diffusion_config_and_bad_sizes_are_errors() {
         (&["model.channel_mult=[1,2,2,2,2]"], "model.channel_mult"),
         (&["model.text_encodings=none"], "model.text_encodings"),
         (&["model.model_channels=24"], "model"),
+        (&["model.embed_scale=0"], "model.embed_scale"),
     ];
     let cfg = random_config(tmp.path(), "");
     for (o, key) in cases {

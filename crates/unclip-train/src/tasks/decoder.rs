@@ -93,6 +93,11 @@ pub struct DecoderModelConfig {
     pub text_width: Option<AtLeastOne>,
     /// Tokens per caption (as `embed_dim`). Default 77.
     pub text_len: Option<AtLeastOne>,
+    /// Factor on the CLIP image and pooled text embeddings before their projections. CLIP
+    /// embeddings are unit vectors, so with a small `embed_dim` each component is tiny next to
+    /// the timestep embedding; e.g. √embed_dim gives components of order 1. Default 1 (the
+    /// paper, Karlo, diffusers); `--layout diffusers` export needs 1.
+    pub embed_scale: f64,
 }
 
 impl Default for DecoderModelConfig {
@@ -114,6 +119,7 @@ impl Default for DecoderModelConfig {
             embed_dim: None,
             text_width: None,
             text_len: None,
+            embed_scale: 1.0,
         }
     }
 }
@@ -200,15 +206,24 @@ fn assemble<B: Backend>(
     drop_image: Vec<bool>,
     drop_text: Vec<bool>,
     text: TextInputs<B>,
+    scale: f64,
 ) -> Result<DecoderInputs<B>, TrainError> {
     let (text_encodings, text_mask) = text
         .encodings
         .ok_or_else(|| TrainError::Task("the decoder needs per-token text encodings".into()))?;
+    let (image_embed, text_embed) = if scale == 1.0 {
+        (with_null(image_embed, null, &drop_image), text.embed)
+    } else {
+        (
+            with_null(image_embed, null, &drop_image) * scale,
+            text.embed * scale,
+        )
+    };
     Ok(DecoderInputs {
-        image_embed: with_null(image_embed, null, &drop_image),
+        image_embed,
         drop_image,
         drop_text,
-        text_embed: text.embed,
+        text_embed,
         text_encodings,
         text_mask,
     })
@@ -247,6 +262,12 @@ impl DecoderSpec {
                 "model.text_encodings",
                 "the decoder attends to the caption's per-token encodings: use `store` or \
                  `on_the_fly`",
+            ));
+        }
+        if !(m.embed_scale.is_finite() && m.embed_scale > 0.0) {
+            return Err(TrainError::invalid(
+                "model.embed_scale",
+                format!("must be a finite number > 0, got {}", m.embed_scale),
             ));
         }
         let clip_dir = m.clip.as_deref().map(Path::new);
@@ -442,23 +463,28 @@ impl DecoderSpec {
     }
 }
 
-/// The network inputs of CLIP image embeddings `image_embed` `[N, D]` and captions `text`
-/// (embedding + per-token encodings), rows flagged in `drop_image` replaced by `model`'s
-/// learned null embedding (the caller replaces dropped captions in `text`).
-pub fn decoder_inputs<B: Backend>(
-    model: &Decoder<B>,
-    image_embed: Tensor<B, 2>,
-    drop_image: Vec<bool>,
-    drop_text: Vec<bool>,
-    text: TextInputs<B>,
-) -> Result<DecoderInputs<B>, TrainError> {
-    assemble(
-        model.cond.null_image_embed.val(),
-        image_embed,
-        drop_image,
-        drop_text,
-        text,
-    )
+impl DecoderSpec {
+    /// The network inputs of CLIP image embeddings `image_embed` `[N, D]` and captions `text`
+    /// (embedding + per-token encodings), rows flagged in `drop_image` replaced by `model`'s
+    /// learned null embedding (the caller replaces dropped captions in `text`), scaled by
+    /// `model.embed_scale`.
+    pub fn inputs<B: Backend>(
+        &self,
+        model: &Decoder<B>,
+        image_embed: Tensor<B, 2>,
+        drop_image: Vec<bool>,
+        drop_text: Vec<bool>,
+        text: TextInputs<B>,
+    ) -> Result<DecoderInputs<B>, TrainError> {
+        assemble(
+            model.cond.null_image_embed.val(),
+            image_embed,
+            drop_image,
+            drop_text,
+            text,
+            self.model.embed_scale,
+        )
+    }
 }
 
 impl TaskFactory for DecoderSpec {
@@ -515,6 +541,7 @@ impl<B: AutodiffBackend> DecoderTask<B> {
             drop_image,
             drop_text,
             text,
+            self.spec.model.embed_scale,
         )
     }
 
@@ -551,6 +578,7 @@ impl<B: AutodiffBackend> DecoderTask<B> {
             drop_image,
             drop_text,
             text,
+            self.spec.model.embed_scale,
         )
     }
 
@@ -595,6 +623,16 @@ impl<B: AutodiffBackend> DecoderTask<B> {
         meta: &ExportMeta,
         out: &Path,
     ) -> Result<ExportReport, TrainError> {
+        if self.spec.model.embed_scale != 1.0 {
+            return Err(TrainError::invalid(
+                "--layout diffusers",
+                format!(
+                    "model.embed_scale is {}; diffusers' UnCLIPTextProjModel has no such factor \
+                     (export with --layout native)",
+                    self.spec.model.embed_scale
+                ),
+            ));
+        }
         let unet = unet_to_diffusers(&model.unet, &self.spec.unet)
             .map_err(|e| TrainError::invalid("--layout diffusers", e))?;
         let text_proj = text_proj_to_diffusers(&model.cond, &self.spec.cond_config)

@@ -115,3 +115,54 @@ pub fn synth_tiny(bin: &str, out: &Path) {
         ],
     );
 }
+
+/// The tiny shapes world (`dir/shapes`) embedded by a random-init CLIP (`dir/clip`, the tiny
+/// config, seed 0) into stores with text encodings (`dir/emb-{train,val}`).
+pub fn embedded_tiny_world(bin: &str, dir: &Path) {
+    let s = |p: &Path| p.to_str().expect("utf-8 path").to_owned();
+    let shapes = dir.join("shapes");
+    synth_tiny(bin, &shapes);
+    let clip = dir.join("clip");
+    let tiny = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/clip/tiny.json");
+    let (clip_s, tiny_s) = (s(&clip), s(&tiny));
+    unclip_ok(
+        bin,
+        &[
+            "clip", "init", "--config", &tiny_s, "--seed", "0", "--out", &clip_s,
+        ],
+    );
+    for split in ["train", "val"] {
+        let (shards, out) = (s(&shapes.join(split)), s(&dir.join(format!("emb-{split}"))));
+        unclip_ok(
+            bin,
+            &[
+                "embed",
+                "--clip",
+                &clip_s,
+                "--shards",
+                &shards,
+                "--out",
+                &out,
+                "--text-encodings",
+            ],
+        );
+    }
+}
+
+/// `configs/test/<name>` written to `dir/<name>` with its data paths pointing at the world of
+/// [`embedded_tiny_world`] in `dir`.
+pub fn tiny_world_config(dir: &Path, name: &str) -> PathBuf {
+    let s = |p: PathBuf| p.to_str().expect("utf-8 path").to_owned();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let text = std::fs::read_to_string(repo.join("configs/test").join(name))
+        .expect("test config")
+        .replace("data/shapes-tiny-emb/train", &s(dir.join("emb-train")))
+        .replace("data/shapes-tiny-emb/val", &s(dir.join("emb-val")))
+        .replace("data/shapes-tiny/emb-train", &s(dir.join("emb-train")))
+        .replace("data/shapes-tiny/emb-val", &s(dir.join("emb-val")))
+        .replace("data/shapes-tiny/train", &s(dir.join("shapes/train")))
+        .replace("data/shapes-tiny/val", &s(dir.join("shapes/val")));
+    let p = dir.join(name);
+    std::fs::write(&p, text).expect("write config");
+    p
+}

@@ -146,4 +146,64 @@ fn quick_demo_runs_end_to_end_and_the_prior_beats_the_baselines() {
     let img = image::load_from_memory(&a).expect("png").to_rgb8();
     // Two 64 px images side by side with 2 px borders.
     assert_eq!(img.dimensions(), (2 * 66 + 2, 66 + 2));
+    // Variations of a held-out image, and a 3-point interpolation between two captions.
+    let truth = tmp.path().join("truth.png");
+    report::first_val_png(&out.join("data/val"), &truth);
+    let var = tmp.path().join("var.png");
+    unclip_ok(
+        BIN,
+        &[
+            "sample",
+            "--pipeline",
+            s(&pipeline),
+            "--image",
+            s(&truth),
+            "-n",
+            "2",
+            "--quiet",
+            "--out",
+            s(&var),
+        ],
+    );
+    let var = image::open(&var).expect("png").to_rgb8();
+    assert_eq!(var.dimensions(), (2 * 66 + 2, 66 + 2));
+    let path = tmp.path().join("interp.png");
+    unclip_ok(
+        BIN,
+        &[
+            "sample",
+            "--pipeline",
+            s(&pipeline),
+            "--prompt",
+            "a red square",
+            "--prompt",
+            "a blue circle",
+            "--interpolate",
+            "-n",
+            "3",
+            "--quiet",
+            "--out",
+            s(&path),
+        ],
+    );
+    let interp = image::open(&path).expect("png").to_rgb8();
+    assert_eq!(interp.dimensions(), (3 * 66 + 2, 66 + 2));
+    // The two ends differ: the path really moves between the captions' embeddings.
+    let cell = |i: u32| image::imageops::crop_imm(&interp, 2 + i * 66, 2, 64, 64).to_image();
+    assert_ne!(cell(0).into_raw(), cell(2).into_raw());
+}
+
+mod report {
+    use std::path::Path;
+
+    /// Writes the first PNG of the first shard in `val` to `out`.
+    pub fn first_val_png(val: &Path, out: &Path) {
+        let shard = val.join("00000.tar");
+        let members = unclip_data_tools::shard_writer::read_shard(&shard).expect("shard");
+        let (_, bytes) = members
+            .iter()
+            .find(|(name, _)| name.ends_with(".png"))
+            .unwrap_or_else(|| panic!("no png in {}", shard.display()));
+        std::fs::write(out, bytes).expect("write");
+    }
 }

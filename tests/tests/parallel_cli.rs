@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use unclip_tests::{assert_kill_and_resume_identical, synth_tiny, unclip, unclip_ok};
+use unclip_tests::{
+    assert_kill_and_resume_identical, embedded_tiny_world, tiny_world_config, unclip, unclip_ok,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_unclip-e2e");
 const FAIL_ENV: &str = "UNCLIP_TRAIN_TEST_FAIL_RANK_AT_STEP";
@@ -24,55 +26,11 @@ fn s(p: &Path) -> &str {
 /// Shards, a random CLIP, stores with text encodings; the prior and decoder test configs
 /// with their paths: (prior.yaml, decoder.yaml).
 fn setup(dir: &Path) -> (PathBuf, PathBuf) {
-    let shapes = dir.join("shapes");
-    synth_tiny(BIN, &shapes);
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let clip = dir.join("clip");
-    let tiny = repo.join("configs/clip/tiny.json");
-    unclip_ok(
-        BIN,
-        &[
-            "clip",
-            "init",
-            "--config",
-            s(&tiny),
-            "--seed",
-            "0",
-            "--out",
-            s(&clip),
-        ],
-    );
-    for split in ["train", "val"] {
-        let out = dir.join(format!("emb-{split}"));
-        let shards = shapes.join(split);
-        unclip_ok(
-            BIN,
-            &[
-                "embed",
-                "--clip",
-                s(&clip),
-                "--shards",
-                s(&shards),
-                "--out",
-                s(&out),
-                "--text-encodings",
-            ],
-        );
-    }
-    let write = |name: &str| {
-        let text = std::fs::read_to_string(repo.join("configs/test").join(name))
-            .expect("test config")
-            .replace("data/shapes-tiny-emb/train", s(&dir.join("emb-train")))
-            .replace("data/shapes-tiny-emb/val", s(&dir.join("emb-val")))
-            .replace("data/shapes-tiny/emb-train", s(&dir.join("emb-train")))
-            .replace("data/shapes-tiny/emb-val", s(&dir.join("emb-val")))
-            .replace("data/shapes-tiny/train", s(&shapes.join("train")))
-            .replace("data/shapes-tiny/val", s(&shapes.join("val")));
-        let p = dir.join(name);
-        std::fs::write(&p, text).expect("write config");
-        p
-    };
-    (write("prior.yaml"), write("decoder.yaml"))
+    embedded_tiny_world(BIN, dir);
+    (
+        tiny_world_config(dir, "prior.yaml"),
+        tiny_world_config(dir, "decoder.yaml"),
+    )
 }
 
 fn train_args(config: &Path, out: &Path, steps: u64, devices: &str) -> Vec<String> {

@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use burn::backend::Flex;
 use burn::tensor::TensorData;
 use serde_json::Value;
-use unclip_tests::{assert_kill_and_resume_identical, synth_tiny, unclip, unclip_ok};
+use unclip_tests::{
+    assert_kill_and_resume_identical, embedded_tiny_world, tiny_world_config, unclip, unclip_ok,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_unclip-e2e");
 
@@ -20,47 +22,8 @@ fn s(p: &Path) -> &str {
 
 /// Shards, a random CLIP, stores with text encodings; the test config with their paths.
 fn setup(dir: &Path) -> PathBuf {
-    let shapes = dir.join("shapes");
-    synth_tiny(BIN, &shapes);
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let clip = dir.join("clip");
-    unclip_ok(
-        BIN,
-        &[
-            "clip",
-            "init",
-            "--config",
-            s(&repo.join("configs/clip/tiny.json")),
-            "--seed",
-            "0",
-            "--out",
-            s(&clip),
-        ],
-    );
-    for split in ["train", "val"] {
-        unclip_ok(
-            BIN,
-            &[
-                "embed",
-                "--clip",
-                s(&clip),
-                "--shards",
-                s(&shapes.join(split)),
-                "--out",
-                s(&dir.join(format!("emb-{split}"))),
-                "--text-encodings",
-            ],
-        );
-    }
-    let text = std::fs::read_to_string(repo.join("configs/test/prior.yaml"))
-        .expect("configs/test/prior.yaml")
-        .replace("data/shapes-tiny/train", s(&shapes.join("train")))
-        .replace("data/shapes-tiny/val", s(&shapes.join("val")))
-        .replace("data/shapes-tiny/emb-train", s(&dir.join("emb-train")))
-        .replace("data/shapes-tiny/emb-val", s(&dir.join("emb-val")));
-    let config = dir.join("prior.yaml");
-    std::fs::write(&config, text).expect("write config");
-    config
+    embedded_tiny_world(BIN, dir);
+    tiny_world_config(dir, "prior.yaml")
 }
 
 #[test]

@@ -451,9 +451,10 @@ impl<B: AutodiffBackend> Pipeline<B> {
             .empty_inputs::<I<B>>(n, &self.device)?;
         let text = match captions {
             Some(c) => self.encode_text(c)?,
-            None => self
-                .conditioning(TextEncodingsSource::Store)?
-                .empty_inputs::<I<B>>(n, &self.device)?,
+            None => TextInputs {
+                embed: empty.embed.clone(),
+                encodings: empty.encodings.clone(),
+            },
         };
         let embeds = values(image_embed.clone())?;
         let model = &self.decoder.model;

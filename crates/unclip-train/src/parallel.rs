@@ -26,9 +26,10 @@ use crate::TrainError;
 /// STEP (0-based), to test that one failing rank stops the whole run.
 pub const FAIL_ENV: &str = "UNCLIP_TRAIN_TEST_FAIL_RANK_AT_STEP";
 
-/// The rank that `FAIL_ENV` makes fail, and the step.
+/// The rank that `FAIL_ENV` makes fail, and the step (the variable is read once per process).
 pub(crate) fn injected_failure() -> Option<(usize, u64)> {
-    parse_rank_at_step(&std::env::var(FAIL_ENV).ok()?)
+    static AT: std::sync::OnceLock<Option<(usize, u64)>> = std::sync::OnceLock::new();
+    *AT.get_or_init(|| parse_rank_at_step(&std::env::var(FAIL_ENV).ok()?))
 }
 
 fn parse_rank_at_step(v: &str) -> Option<(usize, u64)> {

@@ -380,7 +380,7 @@ where
     /// data-parallel run together: gradients and loss are averaged over the ranks).
     pub fn train_step(&mut self) -> Result<StepReport, TrainError> {
         let step = self.state.step;
-        if let (Some(ctx), Some((rank, at))) = (&self.dp, parallel::injected_failure()) {
+        if let Some((ctx, (rank, at))) = self.dp.as_ref().zip(parallel::injected_failure()) {
             if ctx.rank == rank && step == at {
                 return Err(TrainError::Task(format!(
                     "failure injected at step {step} by {}",

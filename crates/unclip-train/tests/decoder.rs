@@ -421,6 +421,45 @@ fn drop_rates_are_honoured_and_independent_at_the_model_input() {
     assert!(!inp.drop_image.iter().any(|&d| d) && !inp.drop_text.iter().any(|&d| d));
 }
 
+/// `model.embed_scale` multiplies exactly the CLIP image and pooled text embeddings the
+/// network receives (the per-token encodings are left alone).
+#[test]
+fn embed_scale_scales_the_embeddings_at_the_model_input() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let cfg = random_config(tmp.path(), "");
+    let dev = Default::default();
+    let inputs = |o: &[&str]| {
+        let loaded = load(&cfg, o);
+        let task = DecoderSpec::new(&loaded.config)
+            .expect("spec")
+            .build::<B>(&dev)
+            .expect("task");
+        let model = unclip_models::keyed_init(task.init_model(&dev), 3).expect("init");
+        let key = NoiseKey {
+            seed: 11,
+            step: 0,
+            indices: (0..8).collect(),
+        };
+        let batch = task.random_batch(8, &key);
+        let inp = task
+            .model_inputs(&model, &batch, None, &dev)
+            .expect("inputs");
+        let v = |t: burn::tensor::Tensor<B, 2>| -> Vec<f32> { t.into_data().to_vec().unwrap() };
+        let enc: Vec<f32> = inp.text_encodings.into_data().to_vec().unwrap();
+        (v(inp.image_embed), v(inp.text_embed), enc)
+    };
+    let (i1, t1, e1) = inputs(&[]);
+    let (i3, t3, e3) = inputs(&["model.embed_scale=3.0"]);
+    for (a, b) in i1.iter().chain(&t1).zip(i3.iter().chain(&t3)) {
+        assert!((3.0 * a - b).abs() < 1e-6, "{a} × 3 ≠ {b}");
+    }
+    assert!(
+        i1.iter().any(|v| v.abs() > 1e-3),
+        "random embeddings are not all zero"
+    );
+    assert_eq!(e1, e3, "the encodings are not scaled");
+}
+
 #[test]
 fn random_source_trains_finitely_and_the_bench_config_runs() {
     let tmp = tempfile::tempdir().expect("tmp");

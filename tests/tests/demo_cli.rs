@@ -82,16 +82,15 @@ fn quick_demo_runs_end_to_end_and_the_prior_beats_the_baselines() {
     ] {
         assert!(out.join(dir).is_dir(), "{dir} missing");
     }
-    // The upsampler's validation measures image quality against bicubic upsampling.
+    // The upsampler's learning test, on held-out images after its short run: the x̂0 at
+    // t = T/2 beats bicubic upsampling and the untrained network; the full DDIM-27 samples
+    // are sharper at the objects' edges than bicubic, with a PSNR no worse than bicubic − 1 dB.
     let u = &report["upsampler"]["validation"];
-    for k in [
-        "psnr_x0_mid",
-        "psnr_bicubic",
-        "psnr_sample",
-        "edge_energy_sample",
-    ] {
-        assert!(u[k].as_f64().is_some_and(f64::is_finite), "{k} in {u}");
-    }
+    let g = |k: &str| u[k].as_f64().unwrap_or_else(|| panic!("{k} in {u}"));
+    assert!(g("psnr_x0_mid") > g("psnr_bicubic"), "{u}");
+    assert!(g("psnr_x0_mid") > g("psnr_x0_mid_init"), "{u}");
+    assert!(g("psnr_sample") >= g("psnr_bicubic") - 1.0, "{u}");
+    assert!(g("edge_energy_sample") > g("edge_energy_bicubic"), "{u}");
     assert_eq!(report["assemble"]["sides"], serde_json::json!([32, 64]));
     // The evaluation: every figure is a fraction, the files are there.
     let e = &report["eval"];

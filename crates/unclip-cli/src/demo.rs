@@ -112,10 +112,10 @@ impl Plan {
                     "preview.every_steps=200",
                 ]),
                 upsampler: strings([
-                    "optim.max_steps=60",
-                    "checkpoint.every_steps=60",
-                    "validation.every_steps=60",
-                    "preview.every_steps=60",
+                    "optim.max_steps=80",
+                    "checkpoint.every_steps=80",
+                    "validation.every_steps=80",
+                    "preview.every_steps=80",
                     "validation.batches=1",
                 ]),
             }
@@ -380,9 +380,17 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             }
             None => {
                 eprintln!("{label} …");
-                let report = demo
+                let started = std::time::Instant::now();
+                let mut report = demo
                     .run(step)
                     .with_context(|| format!("demo step `{}` failed", name(step)))?;
+                let seconds = started.elapsed().as_secs_f64();
+                if let Some(map) = report.as_object_mut() {
+                    // The wall time of the run that finished the step (a resumed step counts
+                    // only its last part).
+                    map.insert("seconds".into(), serde_json::json!(seconds));
+                }
+                eprintln!("{label}: done in {seconds:.0} s");
                 demo.record(step, &report)?;
                 report
             }
@@ -413,10 +421,12 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
                 v["val_loss"].as_f64().unwrap_or(f64::NAN)
             ),
             DemoStep::Upsampler => eprintln!(
-                "demo: upsampler on held-out 64 px images: PSNR of x̂0 at t = T/2 {:.2} dB, of \
-                 full samples {:.2} dB, of bicubic upsampling {:.2} dB; edge sharpness (gradient \
-                 energy at edges) sample {:.3}, bicubic {:.3}, truth {:.3}",
+                "demo: upsampler on held-out 64 px images: PSNR of x̂0 at t = T/2 {:.2} dB \
+                 (untrained {:.2} dB), of full samples {:.2} dB, of bicubic upsampling {:.2} dB; \
+                 edge sharpness (gradient energy at edges) sample {:.3}, bicubic {:.3}, truth \
+                 {:.3}",
                 f("psnr_x0_mid"),
+                f("psnr_x0_mid_init"),
                 f("psnr_sample"),
                 f("psnr_bicubic"),
                 f("edge_energy_sample"),

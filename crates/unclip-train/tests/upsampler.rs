@@ -519,3 +519,73 @@ fn every_upsampler_config_loads() {
     }
     assert!(n >= 4, "found {n} upsampler configs");
 }
+
+/// `model.residual` with x0 prediction: the untrained network (zero output layer) samples the
+/// upsampled low-res image itself — exactly, at every respacing — while the same network on
+/// the image (no residual) samples something else; a residual upsampler trains, resumes into
+/// a checkpoint, and its diffusers export is refused (UNet2DModel pipelines would take the
+/// residual for the image).
+#[test]
+fn residual_upsampler_starts_from_the_low_res_image() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let cfg = random_config(tmp.path());
+    let dev = Default::default();
+    let mut low = vec![0f32; 2 * 3 * 32 * 32];
+    let mut rng = KeyedRng::new(9, "low", 0, 0);
+    low.iter_mut()
+        .for_each(|v| *v = rng.uniform_f32() * 2.0 - 1.0);
+    let low = Tensor::<B, 4>::from_data(TensorData::new(low.clone(), [2, 3, 32, 32]), &dev);
+    let key = unclip_models::NoiseKey {
+        seed: 5,
+        step: 0,
+        indices: vec![0, 1],
+    };
+    let sample_gap = |residual: bool| {
+        let loaded = load(
+            &cfg,
+            &[
+                &format!("model.residual={residual}"),
+                "diffusion.parameterization=x0",
+                "diffusion.sampling.sampler=ddim",
+                "diffusion.sampling.respacing=5",
+                "diffusion.sampling.clip_x0={static: 2.0}",
+            ],
+        );
+        let spec = UpsamplerSpec::new(&loaded.config).expect("spec");
+        let sampler = loaded.config.diffusion.sampler().expect("sampler");
+        let task = spec.build::<B>(&dev).expect("task");
+        let model = unclip_models::keyed_init(task.init_model(&dev), 3).expect("init");
+        let x = spec.sample_images(&sampler, &model, low.clone(), &key);
+        (x - low.clone()).abs().max().into_scalar()
+    };
+    let residual = sample_gap(true);
+    assert!(
+        residual < 1e-5,
+        "untrained residual sample − low-res: {residual}"
+    );
+    let plain = sample_gap(false);
+    assert!(
+        plain > 0.1,
+        "the plain x0 network samples the low-res image: {plain}"
+    );
+
+    let run = tmp.path().join("run");
+    let mut o = RUN.to_vec();
+    o.extend(["optim.max_steps=2", "model.residual=true"]);
+    o.extend(["checkpoint.every_steps=2", "validation.every_steps=2"]);
+    o.push("diffusion.parameterization=x0");
+    let stop = Arc::new(AtomicBool::new(false));
+    let r = trainer(load(&cfg, &o), Some(&run), Resume::No)
+        .run(&stop)
+        .expect("residual run");
+    assert_eq!(r.step, 2);
+    let err = unclip_train::export::export(
+        &run.join("step-2"),
+        &tmp.path().join("diffusers"),
+        true,
+        ExportDtype::F32,
+        ExportLayout::Diffusers,
+    )
+    .expect_err("a residual upsampler's diffusers export is refused");
+    assert!(err.to_string().contains("model.residual"), "{err}");
+}

@@ -98,6 +98,13 @@ pub struct UpsamplerModelConfig {
     pub upsample: ResizeMode,
     pub degradation: DegradationConfig,
     pub noise_aug: NoiseAugConfig,
+    /// Diffuse the residual `image − low_res` (the target minus its upsampled low-res
+    /// conditioning) instead of the image; sampling adds `low_res` back. With
+    /// `diffusion.parameterization: x0` the untrained network (zero output layer) returns the
+    /// upsampled low-res image itself, so training starts from bicubic instead of from noise.
+    /// Not part of the paper (nor loadable by diffusers' `UNet2DModel` pipelines: the diffusers
+    /// export refuses it). Default false.
+    pub residual: bool,
     /// Validation also samples every held-out image with `diffusion.sampling` and reports
     /// `psnr_sample` and the edge energies (sampler steps × validation batches of extra
     /// forward passes; off by default).
@@ -118,6 +125,7 @@ impl Default for UpsamplerModelConfig {
             upsample: ResizeMode::Bicubic,
             degradation: DegradationConfig::default(),
             noise_aug: NoiseAugConfig::default(),
+            residual: false,
             sample_metrics: false,
         }
     }
@@ -397,6 +405,34 @@ impl UpsamplerSpec {
 }
 
 impl UpsamplerSpec {
+    /// What the diffusion models for target `image` given its upsampled low-res `low` (both
+    /// `[N, 3, S, S]`): the image, or with `model.residual` the residual `image − low`.
+    pub fn to_diffusion_space<Bk: Backend>(
+        &self,
+        image: Tensor<Bk, 4>,
+        low: Tensor<Bk, 4>,
+    ) -> Tensor<Bk, 4> {
+        if self.model.residual {
+            image - low
+        } else {
+            image
+        }
+    }
+
+    /// The inverse of [`Self::to_diffusion_space`]: with `model.residual`, `x + low` clamped
+    /// to [-1, 1].
+    pub fn from_diffusion_space<Bk: Backend>(
+        &self,
+        x: Tensor<Bk, 4>,
+        low: Tensor<Bk, 4>,
+    ) -> Tensor<Bk, 4> {
+        if self.model.residual {
+            (x + low).clamp(-1.0, 1.0)
+        } else {
+            x
+        }
+    }
+
     /// The stage's `diffusion:` section.
     pub fn diffusion_config(&self) -> &DiffusionConfig {
         &self.diffusion_config
@@ -446,17 +482,18 @@ impl UpsamplerSpec {
         key: &NoiseKey,
     ) -> Tensor<Bk, 4> {
         let device = low.device();
-        let (cond, aug_t) = self.augment(low, key, false);
+        let (cond, aug_t) = self.augment(low.clone(), key, false);
         let shape = cond.dims();
         let normal = |purpose: &str, step: u64| {
             super::keyed_normal::<Bk, 4>(key.seed, purpose, step, shape, &device)
         };
-        sampler.sample(
+        let x = sampler.sample(
             normal("preview_start", key.step),
             |x, t| model.forward(x, cond.clone(), t, aug_t.as_deref(), None),
             |step| normal("preview_step", key.step.wrapping_add(step as u64 + 1)),
             |_| {},
-        )
+        );
+        self.from_diffusion_space(x, low)
     }
 
     /// `images` (`[N, 3, s, s]` in [-1, 1], the low-res side) as the network's conditioning
@@ -509,18 +546,32 @@ pub struct UpsamplerTask {
 }
 
 impl UpsamplerTask {
-    /// The network's conditioning for `batch`: the `low_res` field, noise-augmented when
-    /// enabled — in training (`train`) at a level drawn per sample from `key`
-    /// (`noise_aug_level`), else at `sample_level`; the noise from `key` (`noise_aug`).
-    pub fn conditioning<Bk: Backend>(
+    /// The diffusion's inputs for `batch`: x0 (the `image` field in diffusion space, see
+    /// [`UpsamplerSpec::to_diffusion_space`]), the `low_res` field, and the network's
+    /// conditioning — `low_res` noise-augmented when enabled, in training (`train`) at a level
+    /// drawn per sample from `key` (`noise_aug_level`), else at `sample_level`; the noise from
+    /// `key` (`noise_aug`) — with the augmentation timesteps.
+    #[allow(clippy::type_complexity)]
+    pub fn inputs<Bk: Backend>(
         &self,
         batch: &Batch,
         key: &NoiseKey,
         train: bool,
         device: &Bk::Device,
-    ) -> Result<(Tensor<Bk, 4>, Option<Vec<usize>>), TrainError> {
+    ) -> Result<
+        (
+            Tensor<Bk, 4>,
+            Tensor<Bk, 4>,
+            Tensor<Bk, 4>,
+            Option<Vec<usize>>,
+        ),
+        TrainError,
+    > {
+        let image = batch.tensor::<Bk, 4>("image", device)?;
         let low = batch.tensor::<Bk, 4>("low_res", device)?;
-        Ok(self.spec.augment(low, key, train))
+        let x0 = self.spec.to_diffusion_space(image, low.clone());
+        let (cond, aug_t) = self.spec.augment(low.clone(), key, train);
+        Ok((x0, low, cond, aug_t))
     }
 
     fn random_batch_sized(&self, n: usize, key: &NoiseKey, side: usize) -> Batch {
@@ -593,6 +644,14 @@ impl UpsamplerTask {
         meta: &ExportMeta,
         out: &Path,
     ) -> Result<ExportReport, TrainError> {
+        if self.spec.model.residual {
+            return Err(TrainError::invalid(
+                "--layout diffusers",
+                "this upsampler was trained with `model.residual: true` (it denoises the \
+                 residual image − low-res): diffusers' UNet2DModel pipelines would use its \
+                 output as the image itself; export the native layout",
+            ));
+        }
         let (mut config, tensors) = unet_to_diffusers(&model.unet, &self.spec.unet)
             .map_err(|e| TrainError::invalid("--layout diffusers", e))?;
         let mut tensors: Vec<(String, TensorData)> = tensors.into_iter().collect();
@@ -658,8 +717,7 @@ impl<B: AutodiffBackend> TrainTask<B> for UpsamplerTask {
         key: &NoiseKey,
         device: &B::Device,
     ) -> Result<Tensor<B, 1>, TrainError> {
-        let x0 = batch.tensor::<B, 4>("image", device)?;
-        let (cond, aug_t) = self.conditioning::<B>(batch, key, true, device)?;
+        let (x0, _, cond, aug_t) = self.inputs::<B>(batch, key, true, device)?;
         let (x0, x_t, noise, idx) = super::noise_keyed(&self.spec.diffusion, x0, key);
         let out = model.forward(x_t.clone(), cond, &idx, aug_t.as_deref(), Some(key));
         let losses =
@@ -683,8 +741,7 @@ impl<B: AutodiffBackend> TrainTask<B> for UpsamplerTask {
         let model = model.valid();
         type I<B> = <B as AutodiffBackend>::InnerBackend;
         let diffusion = &self.spec.diffusion;
-        let x0 = batch.tensor::<I<B>, 4>("image", device)?;
-        let (cond, aug_t) = self.conditioning::<I<B>>(batch, key, false, device)?;
+        let (x0, low, cond, aug_t) = self.inputs::<I<B>>(batch, key, false, device)?;
         let (x0, x_t, noise, idx) = super::noise_keyed(diffusion, x0, key);
         let out = model.forward(x_t.clone(), cond.clone(), &idx, aug_t.as_deref(), None);
         let mut sums = super::diffusion_loss_sums(
@@ -696,9 +753,13 @@ impl<B: AutodiffBackend> TrainTask<B> for UpsamplerTask {
         let n = batch.len();
         let mid = vec![diffusion.schedule().len() / 2; n];
         let x_mid = diffusion.q_sample(x0, &mid, noise);
-        let out = model.forward(x_mid.clone(), cond, &mid, aug_t.as_deref(), None);
-        let (mean, _) = diffusion.split_output(out, 3);
-        let x0_hat = to_vec(diffusion.pred_x0(mean, x_mid, &mid))?;
+        let x0_mid = |model: &Upsampler<I<B>>| {
+            let out = model.forward(x_mid.clone(), cond.clone(), &mid, aug_t.as_deref(), None);
+            let (mean, _) = diffusion.split_output(out, 3);
+            let x0 = diffusion.pred_x0(mean, x_mid.clone(), &mid);
+            to_vec(self.spec.from_diffusion_space(x0, low.clone()))
+        };
+        let x0_hat = x0_mid(&model)?;
         let field = |name: &str| {
             batch
                 .field(name)
@@ -720,6 +781,17 @@ impl<B: AutodiffBackend> TrainTask<B> for UpsamplerTask {
             sum(&|i| image_metrics::psnr(&bicubic[i], &truth[i])),
         ));
         if self.spec.model.sample_metrics {
+            // The same x̂0 from the untrained network (the run's keyed initialisation).
+            let init = unclip_models::keyed_init(
+                <Self as TrainTask<B>>::init_model(self, device).valid(),
+                self.spec.seed,
+            )
+            .map_err(|p| TrainError::Task(format!("keyed_init: unknown parameters {p:?}")))?;
+            let x0_init = rows(&x0_mid(&init)?);
+            sums.metrics.push((
+                "psnr_x0_mid_init".into(),
+                sum(&|i| image_metrics::psnr(&x0_init[i], &truth[i])),
+            ));
             let sample = rows(&to_vec(self.sample(&model, batch, key, device)?)?);
             let masks: Vec<_> = truth
                 .iter()

@@ -36,19 +36,25 @@ pub struct AssembleArgs {
     /// Replace an existing pipeline folder's files.
     #[arg(long)]
     pub overwrite: bool,
+    /// `native`: the pipeline folder only. `diffusers`: also `OUT/diffusers/`, a folder that
+    /// diffusers' `UnCLIPPipeline.from_pretrained(…, trust_remote_code=True)` loads; refused,
+    /// with the reason, where diffusers cannot compute what this pipeline does.
+    #[arg(long, default_value = "native")]
+    pub layout: unclip_train::export::ExportLayout,
 }
 
 pub fn run_pipeline(cmd: PipelineCommand) -> anyhow::Result<()> {
     match cmd {
         PipelineCommand::Assemble(a) => {
-            let report = unclip_infer::assemble(&AssembleOptions {
+            let opts = AssembleOptions {
                 clip: a.clip,
                 prior: a.prior,
                 decoder: a.decoder,
                 upsamplers: a.upsamplers,
                 out: a.out,
                 overwrite: a.overwrite,
-            })?;
+            };
+            let report = unclip_infer::assemble_as(&opts, a.layout)?;
             crate::print_json(&report)
         }
     }

@@ -2,13 +2,21 @@
 //! decoder and up to two upsamplers into one pipeline folder, with a `pipeline.json` holding
 //! each stage's sampling defaults (taken from its export's `diffusion.sampling`, overridable
 //! later per call). Every file is written atomically; the folder is checked by loading it.
+//! With [`ExportLayout::Diffusers`] the folder also gets `diffusers/`, what diffusers'
+//! `UnCLIPPipeline` loads (see [`diffusers`]).
+
+mod diffusers;
 
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use unclip_diffusion::SamplingConfig;
+use unclip_train::export::ExportLayout;
 use unclip_train::reload::read_meta;
+use unclip_train::tasks::cond::ClipDims;
 use unclip_train::Stage;
+
+pub use diffusers::DiffusersReport;
 
 use crate::{pipeline_error, InferError, PipelineConfig, StageEntry, PIPELINE_FORMAT};
 
@@ -34,6 +42,9 @@ pub struct AssembleReport {
     pub bytes: u64,
     /// Image side after each stage (decoder, upsamplers).
     pub sides: Vec<usize>,
+    /// The `diffusers/` folder (`--layout diffusers`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diffusers: Option<DiffusersReport>,
 }
 
 /// Copies the regular files of `from` into `to` (atomically each); returns (files, bytes).
@@ -66,6 +77,16 @@ fn sampling_of(meta: &serde_json::Value, dir: &Path) -> Result<SamplingConfig, I
 
 /// Builds the pipeline folder `opts.out`.
 pub fn assemble(opts: &AssembleOptions) -> Result<AssembleReport, InferError> {
+    assemble_as(opts, ExportLayout::Native)
+}
+
+/// Builds the pipeline folder `opts.out` and, for [`ExportLayout::Diffusers`], also
+/// `opts.out/diffusers/` for diffusers' `UnCLIPPipeline` (refused, before anything is written,
+/// where it could not compute what this pipeline does).
+pub fn assemble_as(
+    opts: &AssembleOptions,
+    layout: ExportLayout,
+) -> Result<AssembleReport, InferError> {
     if opts.upsamplers.len() > 2 {
         return Err(InferError::Invalid(format!(
             "at most two upsamplers (64→256, 256→1024), got {}",
@@ -94,6 +115,26 @@ pub fn assemble(opts: &AssembleOptions) -> Result<AssembleReport, InferError> {
         .iter()
         .map(|d| read_meta(d, Stage::Upsampler))
         .collect::<Result<Vec<_>, _>>()?;
+    // Everything the diffusers layout cannot express is refused before anything is written.
+    let diffusers_dir = opts.out.join("diffusers");
+    let diffusers_plan = match layout {
+        ExportLayout::Native => None,
+        ExportLayout::Diffusers => {
+            if diffusers_dir.exists() && !opts.overwrite {
+                return Err(pipeline_error(
+                    &diffusers_dir,
+                    "already exists; pass --overwrite to replace it",
+                ));
+            }
+            let config = unclip_clip::ClipConfig::from_file(opts.clip.join("config.json"))?;
+            let dims = ClipDims {
+                embed_dim: config.projection_dim,
+                text_width: config.text_config.hidden_size,
+                text_len: unclip_clip::CONTEXT_LENGTH,
+            };
+            Some(diffusers::plan(&prior, &decoder, &ups, dims)?)
+        }
+    };
     let mut plan = vec![
         ("clip".to_owned(), opts.clip.clone()),
         ("prior".to_owned(), opts.prior.clone()),
@@ -139,11 +180,22 @@ pub fn assemble(opts: &AssembleOptions) -> Result<AssembleReport, InferError> {
     // Check that it loads (sizes chain, CLIP matches the stages) before reporting success.
     type B = burn::backend::Autodiff<burn::backend::Flex>;
     let p = crate::Pipeline::<B>::load(&opts.out, &Default::default())?;
+    let sides = p.sides();
+    let diffusers = match diffusers_plan {
+        None => None,
+        Some(plan) => {
+            let (report, f, b) = diffusers::write(plan, &opts.out, p.dims, &sides, &diffusers_dir)?;
+            files += f;
+            bytes += b;
+            Some(report)
+        }
+    };
     Ok(AssembleReport {
         out: opts.out.clone(),
         files: files + 1,
         bytes,
-        sides: p.sides(),
+        sides,
+        diffusers,
     })
 }
 

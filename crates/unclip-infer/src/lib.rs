@@ -36,7 +36,7 @@ use unclip_train::tasks::prior::{sample_embeddings, PriorSpec};
 use unclip_train::tasks::upsampler::{Upsampler, UpsamplerSpec};
 use unclip_train::TrainError;
 
-pub use assemble::{assemble, AssembleOptions, AssembleReport};
+pub use assemble::{assemble, assemble_as, AssembleOptions, AssembleReport, DiffusersReport};
 
 /// What can go wrong loading or running a pipeline.
 #[derive(Debug, thiserror::Error)]

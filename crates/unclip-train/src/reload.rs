@@ -2,6 +2,8 @@
 //! see [`crate::export`]) for inference: the run config is recreated from the export's
 //! `model:` and `diffusion:` sections with `data.source: random` (no shards or stores are
 //! needed), the task builds the network, and the exported weights replace its parameters.
+//! [`reexport`] writes such an export again in another layout through the stage's own
+//! `export` (what `unclip pipeline assemble --layout diffusers` uses).
 
 use std::path::Path;
 
@@ -10,6 +12,7 @@ use burn::tensor::backend::AutodiffBackend;
 use serde_json::{json, Value};
 
 use crate::config::{ModelSection, RunConfig, Stage};
+use crate::export::{ExportLayout, ExportMeta, ExportReport};
 use crate::launch::TaskFactory;
 use crate::tasks::cond::ClipDims;
 use crate::tasks::decoder::{DecoderModelConfig, DecoderSpec};
@@ -59,15 +62,24 @@ pub fn read_meta(dir: &Path, stage: Stage) -> Result<Value, TrainError> {
     Ok(meta)
 }
 
+/// A stage's task and training-side network rebuilt from the export in `dir` (weights
+/// loaded), with its spec and `config.json`.
+struct Rebuilt<B: AutodiffBackend, F: TaskFactory> {
+    spec: F,
+    task: F::Task<B>,
+    model: <F::Task<B> as TrainTask<B>>::Model,
+    meta: Value,
+}
+
 /// Rebuilds the export in `dir` with `make` (the stage's spec constructor) after `patch` has
 /// adapted its `model:` section to `data.source: random`.
-fn reload<B, C, F>(
+fn rebuild<B, C, F>(
     dir: &Path,
     stage: Stage,
     patch: impl FnOnce(&mut Value) -> Result<(), TrainError>,
     make: impl FnOnce(&RunConfig<C>) -> Result<F, TrainError>,
     device: &B::Device,
-) -> Result<ReloadedStage<F, B>, TrainError>
+) -> Result<Rebuilt<B, F>, TrainError>
 where
     B: AutodiffBackend,
     C: ModelSection,
@@ -91,11 +103,126 @@ where
     let model = crate::ema::renumber_params(task.init_model(device));
     let model = crate::export::load_safetensors::<B, _>(model, &bytes)
         .map_err(|e| TrainError::Task(format!("{}: {e}", weights.display())))?;
-    Ok(Reloaded {
+    Ok(Rebuilt {
         spec,
-        model: model.valid(),
+        task,
+        model,
         meta,
     })
+}
+
+/// [`rebuild`] for inference: the spec and the network on the inner backend.
+fn reload<B, C, F>(
+    dir: &Path,
+    stage: Stage,
+    patch: impl FnOnce(&mut Value) -> Result<(), TrainError>,
+    make: impl FnOnce(&RunConfig<C>) -> Result<F, TrainError>,
+    device: &B::Device,
+) -> Result<ReloadedStage<F, B>, TrainError>
+where
+    B: AutodiffBackend,
+    C: ModelSection,
+    F: TaskFactory,
+{
+    let r = rebuild::<B, C, F>(dir, stage, patch, make, device)?;
+    Ok(Reloaded {
+        spec: r.spec,
+        model: r.model.valid(),
+        meta: r.meta,
+    })
+}
+
+/// The [`ExportMeta`] recorded in an export's `config.json`.
+fn export_meta(meta: &Value) -> Result<ExportMeta, TrainError> {
+    let bad = |k: &str, e: &dyn std::fmt::Display| {
+        TrainError::Task(format!("the export's config.json: {k}: {e}"))
+    };
+    Ok(ExportMeta {
+        format: "unclip-export-1",
+        stage: serde_json::from_value(meta["stage"].clone()).map_err(|e| bad("stage", &e))?,
+        model: meta["model"].clone(),
+        diffusion: serde_json::from_value(meta["diffusion"].clone())
+            .map_err(|e| bad("diffusion", &e))?,
+        image_size: meta["image_size"].as_u64().unwrap_or_default(),
+        step: meta["step"].as_u64().unwrap_or_default(),
+        config_hash: meta["config_hash"].as_str().unwrap_or_default().to_owned(),
+        source: meta["source"].as_str().unwrap_or_default().to_owned(),
+        weights: if meta["weights"] == "model" {
+            "model"
+        } else {
+            "ema"
+        },
+        dtype: meta["dtype"]
+            .as_str()
+            .unwrap_or("f32")
+            .parse()
+            .map_err(|e: String| bad("dtype", &e))?,
+    })
+}
+
+/// Re-exports the native export in `dir` (a prior, decoder or upsampler; `dims` are the
+/// CLIP sizes of the CLIP-conditioned stages) into `out` in another `layout`, through the
+/// stage's own `export` — the same code as `unclip export --layout …` of its checkpoint.
+pub fn reexport(
+    dir: &Path,
+    stage: Stage,
+    dims: ClipDims,
+    out: &Path,
+    layout: ExportLayout,
+) -> Result<ExportReport, TrainError> {
+    type B = burn::backend::Autodiff<burn::backend::Flex>;
+    let device = Default::default();
+    std::fs::create_dir_all(out).map_err(|e| TrainError::io("cannot create", out, e))?;
+    fn write<B: AutodiffBackend, F: TaskFactory>(
+        r: Rebuilt<B, F>,
+        out: &Path,
+        layout: ExportLayout,
+    ) -> Result<ExportReport, TrainError> {
+        let meta = export_meta(&r.meta)?;
+        r.task.export(&r.model, &meta, out, layout)
+    }
+    match stage {
+        Stage::Prior => write(
+            rebuild::<B, PriorModelConfig, _>(
+                dir,
+                stage,
+                |m| clip_conditioned(m, dims),
+                PriorSpec::new,
+                &device,
+            )?,
+            out,
+            layout,
+        ),
+        Stage::Decoder => write(
+            rebuild::<B, DecoderModelConfig, _>(
+                dir,
+                stage,
+                |m| clip_conditioned(m, dims),
+                DecoderSpec::new,
+                &device,
+            )?,
+            out,
+            layout,
+        ),
+        Stage::Upsampler => write(
+            rebuild::<B, UpsamplerModelConfig, _>(
+                dir,
+                stage,
+                |_| Ok(()),
+                UpsamplerSpec::new,
+                &device,
+            )?,
+            out,
+            layout,
+        ),
+        other => Err(TrainError::Task(format!(
+            "cannot re-export a `{}` export",
+            serde_json::to_value(other)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default()
+        ))),
+    }
 }
 
 /// The CLIP-conditioned stages' `model:` section for `data.source: random`: the CLIP sizes

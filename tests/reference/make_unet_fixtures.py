@@ -28,6 +28,10 @@ that nothing is trivially constant), written with diffusers' own ``save_pretrain
     ``UNet2DModel`` as Karlo's super_res_first (ResnetDownsampleBlock2D / ResnetUpsampleBlock2D,
     add_attention=False, resnet_time_scale_shift left at its default "default", exactly as the
     diffusers Karlo conversion config), inputs ``x`` (6 channels), ``timesteps``; output ``out``.
+``super_res_aug/unet/`` + ``super_res_aug/io.safetensors``
+    the same ``UNet2DModel`` with ``class_embed_type="timestep"`` (our upsampler with Imagen-style
+    noise augmentation: the augmentation timestep goes through the shared sinusoid and the
+    ``class_embedding`` MLP), inputs ``x``, ``timesteps``, ``class_labels`` (int64); output ``out``.
 """
 
 import os
@@ -160,14 +164,44 @@ def super_res(gen):
     return out
 
 
+def super_res_aug(gen):
+    unet = UNet2DModel(
+        sample_size=16,
+        in_channels=6,
+        out_channels=3,
+        down_block_types=("ResnetDownsampleBlock2D", "ResnetDownsampleBlock2D"),
+        up_block_types=("ResnetUpsampleBlock2D", "ResnetUpsampleBlock2D"),
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        norm_num_groups=4,
+        add_attention=False,
+        class_embed_type="timestep",
+    )
+    rerandomise(unet, gen)
+    unet.eval()
+    x = torch.randn(2, 6, 16, 16, generator=gen)
+    timesteps = torch.tensor([3, 800], dtype=torch.int64)
+    class_labels = torch.tensor([250, 17], dtype=torch.int64)
+    with torch.no_grad():
+        out = unet(x, timesteps, class_labels=class_labels).sample
+    unet.save_pretrained(os.path.join(OUT, "super_res_aug", "unet"))
+    save_file(
+        {"x": x, "timesteps": timesteps, "class_labels": class_labels, "out": out},
+        os.path.join(OUT, "super_res_aug", "io.safetensors"),
+    )
+    return out
+
+
 def main():
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(1234)
     d = decoder(gen)
     s = super_res(gen)
+    a = super_res_aug(gen)
     print(f"diffusers {diffusers.__version__}, torch {torch.__version__}")
     print("decoder out", tuple(d.shape), float(d.abs().max()))
     print("super_res out", tuple(s.shape), float(s.abs().max()))
+    print("super_res_aug out", tuple(a.shape), float(a.abs().max()))
     total = 0
     for root, _, files in os.walk(OUT):
         for f in files:

@@ -14,7 +14,6 @@ use common::{assert_same_checkpoint, B};
 use image::RgbImage;
 use unclip_data::transform::{DecodedSample, SampleContext};
 use unclip_data::{ImageTransform, SampleTransform};
-use unclip_models::{unet_from_diffusers, unet_to_diffusers};
 use unclip_rng::KeyedRng;
 use unclip_train::export::{ExportDtype, ExportLayout};
 use unclip_train::launch::{Loaded, TaskFactory};
@@ -23,7 +22,8 @@ use unclip_train::tasks::upsampler::degrade::{
     ResizeMode,
 };
 use unclip_train::tasks::upsampler::{
-    Upsampler, UpsamplerModelConfig, UpsamplerSpec, UpsamplerTask, UpsamplerTransform,
+    upsampler_from_diffusers, upsampler_to_diffusers, Upsampler, UpsamplerModelConfig,
+    UpsamplerSpec, UpsamplerTask, UpsamplerTransform,
 };
 use unclip_train::{Resume, TrainTask, Trainer};
 
@@ -163,7 +163,7 @@ fn resume_is_exact_and_the_diffusers_export_reimports() {
     let ours: Upsampler<B> = unclip_train::export::load_safetensors(task.init_model(&dev), &bytes)
         .expect("native loads");
 
-    let (mut ucfg, mut ut) = read_diffusers(&diff.join("unet"));
+    let (ucfg, ut) = read_diffusers(&diff.join("unet"));
     assert_eq!(ucfg["_class_name"], "UNet2DModel");
     assert_eq!(ucfg["in_channels"], 6);
     // Noise augmentation: diffusers' `class_embed_type: timestep`, whose MLP is ours.
@@ -171,20 +171,13 @@ fn resume_is_exact_and_the_diffusers_export_reimports() {
     let mlp = ours.noise_level_embed.as_ref().expect("noise-level MLP");
     let w1 = values(&mlp.linear_1.weight.val().transpose().into_data());
     assert!(values(&ut["class_embedding.linear_1.weight"]) == w1);
-    // Our importer reads the UNet with the identity class path; the MLP stays ours.
-    ucfg["class_embed_type"] = serde_json::json!("identity");
-    ut.retain(|k, _| !k.starts_with("class_embedding."));
-    let (unet, unet_cfg) = unet_from_diffusers::<B>(&ucfg, &ut, &dev).expect("unet imports");
+    let (theirs, unet_cfg) = upsampler_from_diffusers::<B>(&ucfg, &ut, &dev).expect("imports");
     assert_eq!(unet_cfg, spec.unet);
-    let re = unet_to_diffusers(&unet, &unet_cfg).expect("re-export").1;
+    let (_, re) = upsampler_to_diffusers(&theirs, &unet_cfg).expect("re-export");
     assert_eq!(re.keys().collect::<Vec<_>>(), ut.keys().collect::<Vec<_>>());
     for (k, v) in &ut {
         assert!(values(&re[k]) == values(v), "{k} differs after re-export");
     }
-    let theirs = Upsampler {
-        unet,
-        noise_level_embed: ours.noise_level_embed.clone(),
-    };
     let n = 2;
     let x = |seed: usize| {
         Tensor::<B, 4>::from_data(
@@ -588,4 +581,98 @@ fn residual_upsampler_starts_from_the_low_res_image() {
     )
     .expect_err("a residual upsampler's diffusers export is refused");
     assert!(err.to_string().contains("model.residual"), "{err}");
+}
+
+/// Two-way parity with diffusers for the noise-augmented upsampler: a `UNet2DModel` with
+/// `class_embed_type: "timestep"` written by diffusers (tests/reference/make_unet_fixtures.py,
+/// `super_res_aug/`) imports as our upsampler, whose output for the same x_t, low-res image,
+/// timesteps and augmentation timesteps matches diffusers' to 1e-4, and exports back to the same
+/// tensors and config fields.
+#[test]
+fn noise_augmented_upsampler_matches_diffusers_and_exports_back() {
+    let fixtures = repo("tests/reference/fixtures/unet/super_res_aug");
+    let (cfg, tensors) = read_diffusers(&fixtures.join("unet"));
+    let bytes = std::fs::read(fixtures.join("io.safetensors")).expect("io fixture");
+    let io = safetensors::SafeTensors::deserialize(&bytes).expect("io");
+    let f32s = |name: &str| -> Vec<f32> {
+        io.tensor(name)
+            .expect(name)
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    };
+    let steps = |name: &str| -> Vec<usize> {
+        io.tensor(name)
+            .expect(name)
+            .data()
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as usize)
+            .collect()
+    };
+    let dev = Default::default();
+    let (model, unet_cfg) = upsampler_from_diffusers::<B>(&cfg, &tensors, &dev).expect("imports");
+    assert!(model.noise_level_embed.is_some() && unet_cfg.class_embed);
+    let x = Tensor::<B, 4>::from_data(TensorData::new(f32s("x"), [2, 6, 16, 16]), &dev);
+    let (x_t, low) = (x.clone().narrow(1, 0, 3), x.narrow(1, 3, 3));
+    let (t, aug) = (steps("timesteps"), steps("class_labels"));
+    let ours: Vec<f32> = model
+        .forward(x_t, low, &t, Some(&aug), None)
+        .into_data()
+        .to_vec()
+        .unwrap();
+    let theirs = f32s("out");
+    assert_eq!(ours.len(), theirs.len());
+    let e = ours
+        .iter()
+        .zip(&theirs)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    println!("noise-augmented super-res max abs error: {e:e}");
+    assert!(e < 1e-4, "output differs from diffusers' by {e}");
+    // Without the augmentation timesteps' MLP the output changes: the class path is exercised.
+    let plain = Upsampler {
+        unet: model.unet.clone(),
+        noise_level_embed: None,
+    };
+    let x = Tensor::<B, 4>::from_data(TensorData::new(f32s("x"), [2, 6, 16, 16]), &dev);
+    let without: Vec<f32> = plain
+        .forward(x.clone().narrow(1, 0, 3), x.narrow(1, 3, 3), &t, None, None)
+        .into_data()
+        .to_vec()
+        .unwrap();
+    assert!(without
+        .iter()
+        .zip(&theirs)
+        .any(|(a, b)| (a - b).abs() > 1e-3));
+
+    let (re_cfg, re) = upsampler_to_diffusers(&model, &unet_cfg).expect("exports");
+    assert_eq!(
+        re.keys().collect::<Vec<_>>(),
+        tensors.keys().collect::<Vec<_>>()
+    );
+    for (k, v) in &tensors {
+        assert_eq!(re[k].shape, v.shape, "{k}");
+        assert!(values(&re[k]) == values(v), "{k} differs after re-export");
+    }
+    for (k, v) in re_cfg.as_object().expect("config object") {
+        let t = &cfg[k];
+        let same = match (v.as_f64(), t.as_f64()) {
+            (Some(a), Some(b)) => a == b,
+            _ => v == t,
+        };
+        assert!(same, "config {k}: ours {v}, diffusers {t}");
+    }
+    // A class embedding of another kind is refused, as is a stray class_embedding tensor.
+    let mut other = cfg.clone();
+    other["class_embed_type"] = serde_json::json!("identity");
+    let err = upsampler_from_diffusers::<B>(&other, &tensors, &dev).expect_err("identity");
+    assert!(err.contains("class_embed"), "{err}");
+    let mut extra = tensors.clone();
+    extra.insert(
+        "class_embedding.cond_proj.weight".into(),
+        TensorData::new(vec![0f32], [1]),
+    );
+    let err = upsampler_from_diffusers::<B>(&cfg, &extra, &dev).expect_err("extra");
+    assert!(err.contains("unexpected tensor"), "{err}");
 }

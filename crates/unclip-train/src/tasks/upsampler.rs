@@ -22,6 +22,7 @@
 
 pub mod degrade;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -36,7 +37,8 @@ use unclip_data::SampleTransform;
 use unclip_data::{Batch, BatchField, ImageTransform};
 use unclip_diffusion::{DiffusionConfig, GaussianDiffusion, LossOptions, Sampler, VarianceType};
 use unclip_models::{
-    unet_to_diffusers, NoiseKey, TimestepMlp, TimestepMlpConfig, UNet, UNetConfig,
+    unet_from_diffusers, unet_to_diffusers, NoiseKey, TimestepMlp, TimestepMlpConfig, UNet,
+    UNetConfig,
 };
 
 use self::degrade::{DegradationConfig, LowRes, ResizeMode};
@@ -652,26 +654,108 @@ impl UpsamplerTask {
                  output as the image itself; export the native layout",
             ));
         }
-        let (mut config, tensors) = unet_to_diffusers(&model.unet, &self.spec.unet)
+        let (config, tensors) = upsampler_to_diffusers(model, &self.spec.unet)
             .map_err(|e| TrainError::invalid("--layout diffusers", e))?;
-        let mut tensors: Vec<(String, TensorData)> = tensors.into_iter().collect();
-        if let Some(mlp) = &model.noise_level_embed {
-            // diffusers' UNet2DModel `class_embed_type = "timestep"`: the class label (our
-            // augmentation timestep) goes through the shared sinusoid, then this MLP.
-            config["class_embed_type"] = serde_json::json!("timestep");
-            for (name, lin) in [("linear_1", &mlp.linear_1), ("linear_2", &mlp.linear_2)] {
-                // burn stores [in, out]; PyTorch [out, in].
-                let w = lin.weight.val().transpose().into_data();
-                tensors.push((format!("class_embedding.{name}.weight"), w));
-                if let Some(b) = &lin.bias {
-                    tensors.push((format!("class_embedding.{name}.bias"), b.val().into_data()));
-                }
-            }
-        }
         let dir = out.join("unet");
         std::fs::create_dir_all(&dir).map_err(|e| TrainError::io("cannot create", &dir, e))?;
-        crate::export::write_diffusers(&dir, &config, tensors, meta)
+        crate::export::write_diffusers(&dir, &config, tensors.into_iter().collect(), meta)
     }
+}
+
+/// The tensors of a diffusers state dict.
+pub type DiffusersTensors = BTreeMap<String, TensorData>;
+
+/// `model` as a diffusers `UNet2DModel` (config and state dict, PyTorch layouts): the UNet and,
+/// with noise augmentation, `class_embed_type = "timestep"` with the noise-level MLP as
+/// `class_embedding.linear_{1,2}` (the augmentation timestep goes through the UNet's sinusoid,
+/// then this MLP).
+pub fn upsampler_to_diffusers<B: Backend>(
+    model: &Upsampler<B>,
+    unet: &UNetConfig,
+) -> Result<(serde_json::Value, DiffusersTensors), String> {
+    let (mut config, mut tensors) = unet_to_diffusers(&model.unet, unet)?;
+    if let Some(mlp) = &model.noise_level_embed {
+        config["class_embed_type"] = serde_json::json!("timestep");
+        for (name, lin) in [("linear_1", &mlp.linear_1), ("linear_2", &mlp.linear_2)] {
+            // burn stores [in, out]; PyTorch [out, in].
+            let w = lin.weight.val().transpose().into_data();
+            tensors.insert(format!("class_embedding.{name}.weight"), w);
+            if let Some(b) = &lin.bias {
+                tensors.insert(format!("class_embedding.{name}.bias"), b.val().into_data());
+            }
+        }
+    }
+    Ok((config, tensors))
+}
+
+/// Reads a diffusers `UNet2DModel` (as [`upsampler_to_diffusers`] writes it, or diffusers'
+/// `save_pretrained`): `class_embed_type` null, or `"timestep"` for an upsampler with noise
+/// augmentation, whose `class_embedding.linear_{1,2}` become the noise-level MLP. Returns the
+/// model and its UNet's config.
+pub fn upsampler_from_diffusers<B: Backend>(
+    config: &serde_json::Value,
+    tensors: &DiffusersTensors,
+    device: &B::Device,
+) -> Result<(Upsampler<B>, UNetConfig), String> {
+    if config["class_embed_type"] != "timestep" {
+        let (unet, cfg) = unet_from_diffusers(config, tensors, device)?;
+        if cfg.class_embed {
+            return Err(format!(
+                "config: class_embed_type {} is not an upsampler's (null, \"timestep\")",
+                config["class_embed_type"]
+            ));
+        }
+        let model = Upsampler {
+            unet,
+            noise_level_embed: None,
+        };
+        return Ok((model, cfg));
+    }
+    // The UNet takes the MLP's output through its additive-embedding ("identity") path.
+    let mut unet_config = config.clone();
+    unet_config["class_embed_type"] = serde_json::json!("identity");
+    let (mlp_tensors, unet_tensors): (DiffusersTensors, DiffusersTensors) = tensors
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .partition(|(k, _)| k.starts_with("class_embedding."));
+    let (unet, cfg) = unet_from_diffusers(&unet_config, &unet_tensors, device)?;
+    let mut mlp = TimestepMlpConfig::new(cfg.model_channels).init::<B>(device);
+    let c = cfg.model_channels;
+    for (name, lin, [out, inp]) in [
+        ("linear_1", &mut mlp.linear_1, [4 * c, c]),
+        ("linear_2", &mut mlp.linear_2, [4 * c, 4 * c]),
+    ] {
+        let get = |suffix: &str, shape: &[usize]| {
+            let key = format!("class_embedding.{name}.{suffix}");
+            let t = mlp_tensors
+                .get(&key)
+                .ok_or_else(|| format!("missing tensor {key}"))?;
+            if t.shape.as_slice() != shape {
+                return Err(format!("{key}: shape {:?}, expected {shape:?}", t.shape));
+            }
+            Ok(t.clone().convert::<f32>())
+        };
+        let w = Tensor::<B, 2>::from_data(get("weight", &[out, inp])?, device).transpose();
+        lin.weight = burn::module::Param::from_tensor(w);
+        let b = Tensor::<B, 1>::from_data(get("bias", &[out])?, device);
+        lin.bias = Some(burn::module::Param::from_tensor(b));
+    }
+    if let Some(k) = mlp_tensors.keys().find(|k| {
+        !["linear_1", "linear_2"].iter().any(|n| {
+            [
+                format!("class_embedding.{n}.weight"),
+                format!("class_embedding.{n}.bias"),
+            ]
+            .contains(k)
+        })
+    }) {
+        return Err(format!("unexpected tensor {k}"));
+    }
+    let model = Upsampler {
+        unet,
+        noise_level_embed: Some(mlp),
+    };
+    Ok((model, cfg))
 }
 
 /// `pixels` (`[N, 3, s, s]`, CHW) enlarged to `side` by pixel repetition.

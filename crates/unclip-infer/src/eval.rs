@@ -51,7 +51,7 @@ impl EvalOptions {
         let (captions, pairs, holdout, scales, sc, ss) = if quick {
             (8, 4, 4, vec![1.0, 4.0], 2, 2)
         } else {
-            (64, 32, 32, vec![1.0, 2.0, 4.0, 8.0], 16, 4)
+            (48, 24, 24, vec![1.0, 2.0, 4.0, 8.0], 16, 4)
         };
         Self {
             data,
@@ -528,7 +528,7 @@ pub fn evaluate<B: AutodiffBackend>(
     let single_scores = run_set(&single, "single")?;
     let pair_scores = run_set(&pairs, "pairs")?;
     let holdout_scores = run_set(&holdout, "holdout")?;
-    let colour_set = by_color(&single, if o.captions >= 64 { 4 } else { 1 });
+    let colour_set = by_color(&single, (o.captions / 24).max(1));
     let decoder_colors = decoder_colors(p, &colour_set, o.seed)?;
     bar.inc(1);
     let mut sweep = Vec::new();

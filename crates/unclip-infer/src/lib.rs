@@ -32,7 +32,7 @@ use unclip_train::tasks::cond::{
     ClipDims, Conditioning, EmptyCaption, TextEncodingsSource, TextInputs,
 };
 use unclip_train::tasks::decoder::{Decoder, DecoderSpec};
-use unclip_train::tasks::prior::{sample_embeddings, PriorSpec};
+use unclip_train::tasks::prior::{sample_embeddings_with, PriorSpec};
 use unclip_train::tasks::upsampler::{Upsampler, UpsamplerSpec};
 use unclip_train::TrainError;
 
@@ -419,8 +419,8 @@ impl<B: AutodiffBackend> Pipeline<B> {
             indices: (0..captions.len() as u64).collect(),
         };
         let k = e.n_candidates.unwrap_or(spec.n_candidates());
-        let b = bar(opts.progress, 1, "prior");
-        let z = sample_embeddings(
+        let b = bar(opts.progress, sampler.timesteps().len() as u64, "prior");
+        let z = sample_embeddings_with(
             &self.prior.model,
             &cond,
             &sampler,
@@ -429,6 +429,7 @@ impl<B: AutodiffBackend> Pipeline<B> {
             k,
             &key,
             &self.device,
+            &mut || b.inc(1),
         )?;
         b.finish();
         Ok(z)
@@ -471,8 +472,17 @@ impl<B: AutodiffBackend> Pipeline<B> {
             step: 1,
             indices: (0..n as u64).collect(),
         };
-        let b = bar(opts.progress, 1, "decoder");
-        let mut x = spec.sample_images(&sampler, model, &cond, &uncond, scale, &key, &self.device);
+        let b = bar(opts.progress, sampler.timesteps().len() as u64, "decoder");
+        let mut x = spec.sample_images_with(
+            &sampler,
+            model,
+            &cond,
+            &uncond,
+            scale,
+            &key,
+            &self.device,
+            &mut || b.inc(1),
+        );
         b.finish();
         let mut stages = vec![to_images(x.clone())?];
         let count = opts
@@ -489,8 +499,11 @@ impl<B: AutodiffBackend> Pipeline<B> {
                 step: 2 + i as u64,
                 indices: (0..n as u64).collect(),
             };
-            let b = bar(opts.progress, 1, &format!("upsampler-{}", i + 1));
-            x = u.spec.sample_images(&sampler, &u.model, low, &key);
+            let steps = sampler.timesteps().len() as u64;
+            let b = bar(opts.progress, steps, &format!("upsampler-{}", i + 1));
+            x = u
+                .spec
+                .sample_images_with(&sampler, &u.model, low, &key, &mut || b.inc(1));
             b.finish();
             stages.push(to_images(x.clone())?);
         }

@@ -438,6 +438,23 @@ impl DecoderSpec {
         key: &NoiseKey,
         device: &B::Device,
     ) -> Tensor<B, 4> {
+        let none = &mut || {};
+        self.sample_images_with(sampler, model, cond, uncond, scale, key, device, none)
+    }
+
+    /// [`Self::sample_images`], calling `on_step` after every sampler step (progress bars).
+    #[allow(clippy::too_many_arguments)]
+    pub fn sample_images_with<B: Backend>(
+        &self,
+        sampler: &Sampler,
+        model: &Decoder<B>,
+        cond: &DecoderInputs<B>,
+        uncond: &DecoderInputs<B>,
+        scale: f64,
+        key: &NoiseKey,
+        device: &B::Device,
+        on_step: &mut dyn FnMut(),
+    ) -> Tensor<B, 4> {
         let n = cond.image_embed.dims()[0];
         let s = self.image_size;
         let shape = [n, 3, s, s];
@@ -447,7 +464,8 @@ impl DecoderSpec {
         let noise = |step: usize| normal("preview_step", key.step.wrapping_add(step as u64 + 1));
         let start = normal("preview_start", key.step);
         if scale == 1.0 {
-            return sampler.sample(start, |x, t| model.forward(x, t, cond, None), noise, |_| {});
+            let net = |x, t: &[usize]| model.forward(x, t, cond, None);
+            return sampler.sample(start, net, noise, |_| on_step());
         }
         let both = cond.cat(uncond);
         sampler.sample(
@@ -458,7 +476,7 @@ impl DecoderSpec {
                 self.variance,
             ),
             noise,
-            |_| {},
+            |_| on_step(),
         )
     }
 }

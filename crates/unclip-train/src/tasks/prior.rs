@@ -288,6 +288,32 @@ pub fn sample_embeddings<B: Backend>(
     key: &NoiseKey,
     device: &B::Device,
 ) -> Result<Tensor<B, 2>, TrainError> {
+    sample_embeddings_with(
+        model,
+        cond,
+        sampler,
+        text,
+        scale,
+        n_candidates,
+        key,
+        device,
+        &mut || {},
+    )
+}
+
+/// [`sample_embeddings`], calling `on_step` after every sampler step (progress bars).
+#[allow(clippy::too_many_arguments)]
+pub fn sample_embeddings_with<B: Backend>(
+    model: &PriorTransformer<B>,
+    cond: &Conditioning,
+    sampler: &Sampler,
+    text: &TextInputs<B>,
+    scale: f64,
+    n_candidates: usize,
+    key: &NoiseKey,
+    device: &B::Device,
+    on_step: &mut dyn FnMut(),
+) -> Result<Tensor<B, 2>, TrainError> {
     let n = text.embed.dims()[0];
     let (k, d) = (n_candidates.max(1), cond.dims.embed_dim);
     let rows = n * k;
@@ -332,9 +358,11 @@ pub fn sample_embeddings<B: Backend>(
     let noise = |step: usize| normal(&format!("prior_sample_noise/{step}"));
     let variance = sampler.diffusion().variance();
     let x0 = if scale != 1.0 {
-        sampler.sample(start, guided_model(net, scale, variance), noise, |_| {})
+        sampler.sample(start, guided_model(net, scale, variance), noise, |_| {
+            on_step()
+        })
     } else {
-        sampler.sample(start, net, noise, |_| {})
+        sampler.sample(start, net, noise, |_| on_step())
     };
     let z = model.unstandardize(x0);
     if k == 1 {

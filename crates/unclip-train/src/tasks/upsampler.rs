@@ -483,6 +483,18 @@ impl UpsamplerSpec {
         low: Tensor<Bk, 4>,
         key: &NoiseKey,
     ) -> Tensor<Bk, 4> {
+        self.sample_images_with(sampler, model, low, key, &mut || {})
+    }
+
+    /// [`Self::sample_images`], calling `on_step` after every sampler step (progress bars).
+    pub fn sample_images_with<Bk: Backend>(
+        &self,
+        sampler: &Sampler,
+        model: &Upsampler<Bk>,
+        low: Tensor<Bk, 4>,
+        key: &NoiseKey,
+        on_step: &mut dyn FnMut(),
+    ) -> Tensor<Bk, 4> {
         let device = low.device();
         let (cond, aug_t) = self.augment(low.clone(), key, false);
         let shape = cond.dims();
@@ -493,7 +505,7 @@ impl UpsamplerSpec {
             normal("preview_start", key.step),
             |x, t| model.forward(x, cond.clone(), t, aug_t.as_deref(), None),
             |step| normal("preview_step", key.step.wrapping_add(step as u64 + 1)),
-            |_| {},
+            |_| on_step(),
         );
         self.from_diffusion_space(x, low)
     }

@@ -138,7 +138,8 @@ def decoder(gen):
     return out
 
 
-def super_res(gen):
+def super_res_unet(gen, **extra):
+    """The tiny Karlo-style super-resolution UNet2DModel, re-randomised, in eval mode."""
     unet = UNet2DModel(
         sample_size=16,
         in_channels=6,
@@ -149,9 +150,15 @@ def super_res(gen):
         layers_per_block=1,
         norm_num_groups=4,
         add_attention=False,
+        **extra,
     )
     rerandomise(unet, gen)
     unet.eval()
+    return unet
+
+
+def super_res(gen):
+    unet = super_res_unet(gen)
     x = torch.randn(2, 6, 16, 16, generator=gen)
     timesteps = torch.tensor([0, 999], dtype=torch.int64)
     with torch.no_grad():
@@ -165,20 +172,7 @@ def super_res(gen):
 
 
 def super_res_aug(gen):
-    unet = UNet2DModel(
-        sample_size=16,
-        in_channels=6,
-        out_channels=3,
-        down_block_types=("ResnetDownsampleBlock2D", "ResnetDownsampleBlock2D"),
-        up_block_types=("ResnetUpsampleBlock2D", "ResnetUpsampleBlock2D"),
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        norm_num_groups=4,
-        add_attention=False,
-        class_embed_type="timestep",
-    )
-    rerandomise(unet, gen)
-    unet.eval()
+    unet = super_res_unet(gen, class_embed_type="timestep")
     x = torch.randn(2, 6, 16, 16, generator=gen)
     timesteps = torch.tensor([3, 800], dtype=torch.int64)
     class_labels = torch.tensor([250, 17], dtype=torch.int64)

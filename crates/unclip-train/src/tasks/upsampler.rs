@@ -752,15 +752,16 @@ pub fn upsampler_from_diffusers<B: Backend>(
         let b = Tensor::<B, 1>::from_data(get("bias", &[out])?, device);
         lin.bias = Some(burn::module::Param::from_tensor(b));
     }
-    if let Some(k) = mlp_tensors.keys().find(|k| {
-        !["linear_1", "linear_2"].iter().any(|n| {
-            [
-                format!("class_embedding.{n}.weight"),
-                format!("class_embedding.{n}.bias"),
-            ]
-            .contains(k)
-        })
-    }) {
+    let known = [
+        "linear_1.weight",
+        "linear_1.bias",
+        "linear_2.weight",
+        "linear_2.bias",
+    ];
+    if let Some(k) = mlp_tensors
+        .keys()
+        .find(|k| !known.contains(&k.trim_start_matches("class_embedding.")))
+    {
         return Err(format!("unexpected tensor {k}"));
     }
     let model = Upsampler {

@@ -8,6 +8,7 @@
 use burn::module::Module;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
+use rayon::prelude::*;
 use unclip_rng::KeyedRng;
 
 /// Where a forward pass sits in the run: the key of every random number it draws.
@@ -50,11 +51,29 @@ impl KeyedDropout {
         key: Option<&NoiseKey>,
         site: &str,
     ) -> Tensor<B, D> {
-        let Some(key) = key else { return x };
-        if self.prob <= 0.0 {
-            return x;
+        match self.mask(x.dims(), key, site, &x.device()) {
+            Some(mask) => x * mask,
+            None => x,
         }
-        let dims = x.dims();
+    }
+
+    /// The multiplicative mask [`KeyedDropout::forward`] applies to a tensor of shape `dims`:
+    /// 0 for dropped units, `1/(1−p)` for kept ones; `None` when nothing is dropped (no key, or
+    /// `prob` 0). For layers that fuse the multiplication into another operation.
+    ///
+    /// # Panics
+    /// When `key` has fewer indices than `dims[0]`.
+    pub fn mask<B: Backend, const D: usize>(
+        &self,
+        dims: [usize; D],
+        key: Option<&NoiseKey>,
+        site: &str,
+        device: &B::Device,
+    ) -> Option<Tensor<B, D>> {
+        let key = key?;
+        if self.prob <= 0.0 {
+            return None;
+        }
         let rows = dims[0];
         assert!(
             key.indices.len() >= rows,
@@ -63,19 +82,24 @@ impl KeyedDropout {
         let per_row: usize = dims[1..].iter().product();
         let purpose = format!("dropout:{site}");
         let scale = (1.0 / (1.0 - self.prob)) as f32;
-        let mut mask = Vec::with_capacity(rows * per_row);
-        for row in 0..rows {
-            let mut rng = key.rng(&purpose, row);
-            mask.extend((0..per_row).map(|_| {
-                if (rng.uniform_f64()) < self.prob {
-                    0.0
-                } else {
-                    scale
+        let mut mask = vec![0.0f32; rows * per_row];
+        // Each row has its own stream, so rows can be drawn on any thread in any order.
+        mask.par_chunks_mut(per_row.max(1))
+            .enumerate()
+            .for_each(|(row, out)| {
+                let mut rng = key.rng(&purpose, row);
+                for m in out {
+                    *m = if rng.uniform_f64() < self.prob {
+                        0.0
+                    } else {
+                        scale
+                    };
                 }
-            }));
-        }
-        let mask = Tensor::<B, D>::from_data(TensorData::new(mask, dims), &x.device());
-        x * mask
+            });
+        Some(Tensor::<B, D>::from_data(
+            TensorData::new(mask, dims),
+            device,
+        ))
     }
 }
 

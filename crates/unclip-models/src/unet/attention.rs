@@ -69,12 +69,9 @@ impl<B: Backend> AttentionBlock<B> {
     /// `x [N, C, H, W]`; `context [N, L, D]` and its mask `[N, L]` (true = attend). Without a
     /// context (or without context projections) only the spatial tokens are keys.
     ///
-    /// Computed channel-major (`[N, heads, dh, tokens]`, the layout of `x`), so that the only
-    /// large transposes are operands of matmuls (which read strided data directly): the
-    /// scores are `(q·scale)ᵀ·k`, the output `(attn·vᵀ)ᵀ`. A context mask enters the scores
-    /// through one extra "channel" (1 on the query side, 0 / −10 000 on the key side) of that
-    /// same matmul, not as a broadcast add over the whole score tensor (burn-flex has no fast
-    /// path for that broadcast).
+    /// Computed channel-major (`[N, heads, dh, tokens]`, the layout of `x`) by
+    /// [`unclip_kernels::attention`]; a context mask becomes an additive key bias (0, or
+    /// −10 000 at padded tokens).
     pub fn forward(
         &self,
         x: Tensor<B, 4>,
@@ -85,7 +82,8 @@ impl<B: Backend> AttentionBlock<B> {
         let (heads, s) = (self.heads, h * w);
         let dh = c / heads;
         let device = x.device();
-        let tokens = group_norm_forward(&self.norm, x.clone(), None).reshape([n, c, s]);
+        let tokens =
+            group_norm_forward(&self.norm, x.clone(), None, false, None).reshape([n, c, s]);
         let lin = |l: &Linear<B>, t: Tensor<B, 3>| {
             project_cm(t, l.weight.val(), l.bias.as_ref().map(|b| b.val()))
         };
@@ -93,10 +91,10 @@ impl<B: Backend> AttentionBlock<B> {
             let len = t.dims()[2];
             t.reshape([n, heads, dh, len])
         };
-        let scale = (dh as f64).powf(-0.5);
-        let mut q = split(lin(&self.to_q, tokens.clone())) * scale;
+        let q = split(lin(&self.to_q, tokens.clone()));
         let mut k = split(lin(&self.to_k, tokens.clone()));
         let mut v = split(lin(&self.to_v, tokens));
+        let mut key_bias = None;
         if let (Some(ctx), Some(ak), Some(av)) = (context, &self.add_k, &self.add_v) {
             let l = ctx.dims()[1];
             // [N, L, C] → [N, heads, dh, L] (small: L context tokens).
@@ -104,28 +102,16 @@ impl<B: Backend> AttentionBlock<B> {
             k = Tensor::cat(vec![ctx_cm(ak.forward(ctx.clone())), k], 3);
             v = Tensor::cat(vec![ctx_cm(av.forward(ctx.clone())), v], 3);
             if let Some(m) = mask {
-                // [N, L] → additive bias over [context keys, spatial keys], as a key channel.
                 let ctx_bias =
                     Tensor::<B, 2>::zeros([n, l], &device).mask_fill(m.clone().bool_not(), MASKED);
-                let full = Tensor::cat(vec![ctx_bias, Tensor::zeros([n, s], &device)], 1)
-                    .reshape([n, 1, 1, l + s])
-                    .repeat_dim(1, heads);
-                k = Tensor::cat(vec![k, full], 2);
-                q = Tensor::cat(vec![q, Tensor::ones([n, heads, 1, s], &device)], 2);
+                key_bias = Some(Tensor::cat(
+                    vec![ctx_bias, Tensor::zeros([n, s], &device)],
+                    1,
+                ));
             }
         }
-        let scores = q.swap_dims(2, 3).matmul(k);
-        // softmax(scores)·vᵀ with the normalisation moved after the matmul: burn's softmax
-        // (max-shift, exp, sum, divide) divides the whole [N, heads, S, keys] matrix, forward
-        // and backward; dividing the [N, heads, S, dh] product by the row sums is the same
-        // value up to rounding. attn·vᵀ rather than v·attnᵀ: the gradient of the (large)
-        // attention matrix then comes back contiguous; only the small output is transposed.
-        let max = scores.clone().detach().max_dim(3);
-        let e = (scores - max).exp();
-        let sum = e.clone().sum_dim(3);
-        let out = (e.matmul(v.swap_dims(2, 3)) / sum)
-            .swap_dims(2, 3)
-            .reshape([n, c, s]);
+        let scale = (dh as f64).powf(-0.5);
+        let out = unclip_kernels::attention(q, k, v, key_bias, scale).reshape([n, c, s]);
         let out = project_cm(out, self.to_out.weight.val(), Some(self.to_out.bias.val()));
         x + out.reshape([n, c, h, w])
     }

@@ -7,8 +7,8 @@ use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::avg_pool2d;
 use burn::tensor::Tensor;
+use unclip_kernels::conv3x3 as conv3x3_forward;
 
-use super::conv::conv3x3_forward;
 use super::norm::group_norm_forward;
 use crate::dropout::{KeyedDropout, NoiseKey};
 
@@ -52,6 +52,30 @@ impl<B: Backend> ZeroConv2d<B> {
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         conv3x3_forward(x, self.weight.val(), Some(self.bias.val()))
     }
+}
+
+/// A 1×1 convolution as one matrix product per sample (`W [out, in] · x [in, H·W]`): burn's
+/// 1×1 `conv2d` backward goes through a transposed convolution; a matmul's backward is two
+/// matmuls.
+pub(crate) fn conv1x1<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let [n, cin, h, w] = x.dims();
+    let [cout, wcin, kh, kw] = conv.weight.dims();
+    assert_eq!(
+        (wcin, kh, kw),
+        (cin, 1, 1),
+        "conv1x1: weight {:?}",
+        conv.weight.dims()
+    );
+    let y = conv
+        .weight
+        .val()
+        .reshape([1, cout, cin])
+        .matmul(x.reshape([n, cin, h * w]));
+    let y = match &conv.bias {
+        Some(b) => y + b.val().reshape([1, cout, 1]),
+        None => y,
+    };
+    y.reshape([n, cout, h, w])
 }
 
 /// A linear layer whose weight and bias start at zero; weight stored `[in, out]` like burn's
@@ -161,7 +185,7 @@ impl<B: Backend> ResBlock<B> {
         key: Option<&NoiseKey>,
         site: &str,
     ) -> Tensor<B, 4> {
-        let mut h = silu(group_norm_forward(&self.norm1, x.clone(), None));
+        let mut h = group_norm_forward(&self.norm1, x.clone(), None, true, None);
         let mut x = x;
         match self.resample {
             Resample::None => {}
@@ -181,17 +205,18 @@ impl<B: Backend> ResBlock<B> {
         );
         let [n, c, _, _] = h.dims();
         let e = self.emb_proj.forward(silu(emb));
+        // SiLU and dropout fused into the second norm.
+        let mask = self.dropout.mask(h.dims(), key, site, &h.device());
         let h = if self.scale_shift {
             let scale = e.clone().slice([0..n, 0..c]);
             let shift = e.slice([0..n, c..2 * c]);
-            group_norm_forward(&self.norm2, h, Some((scale, shift)))
+            group_norm_forward(&self.norm2, h, Some((scale, shift)), true, mask)
         } else {
-            group_norm_forward(&self.norm2, h + e.reshape([n, c, 1, 1]), None)
+            group_norm_forward(&self.norm2, h + e.reshape([n, c, 1, 1]), None, true, mask)
         };
-        let h = self.dropout.forward(silu(h), key, site);
         let h = self.conv2.forward(h);
         let x = match &self.skip {
-            Some(conv) => conv.forward(x),
+            Some(conv) => conv1x1(conv, x),
             None => x,
         };
         x + h

@@ -25,14 +25,12 @@
 mod attention;
 mod blocks;
 mod clip;
-mod conv;
 mod diffusers;
 mod norm;
 
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::GroupNorm;
-use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Tensor};
 use serde::{Deserialize, Serialize};
@@ -306,7 +304,7 @@ impl<B: Backend> UNet<B> {
         let context = if self.has_context { context } else { None };
         let ctx = context.as_ref();
         let mask = context_mask.as_ref();
-        let mut h = conv::conv3x3_forward(
+        let mut h = unclip_kernels::conv3x3(
             x,
             self.conv_in.weight.val(),
             self.conv_in.bias.as_ref().map(|b| b.val()),
@@ -343,8 +341,13 @@ impl<B: Backend> UNet<B> {
                 h = rs.forward(h, emb.clone(), key, &format!("unet.up.{i}.resample"));
             }
         }
-        self.conv_out
-            .forward(silu(norm::group_norm_forward(&self.norm_out, h, None)))
+        self.conv_out.forward(norm::group_norm_forward(
+            &self.norm_out,
+            h,
+            None,
+            true,
+            None,
+        ))
     }
 }
 

@@ -1,73 +1,38 @@
-//! GroupNorm for the UNet, written so that every full-size operation hits a fast path of the
-//! CPU backend.
-//!
-//! burn's `GroupNorm::forward` multiplies by `gamma.reshape([1, C, 1, 1])` and adds
-//! `beta.reshape([1, C, 1, 1])`: a broadcast over the batch *and* the spatial dims, which
-//! burn-flex has no SIMD kernel for (it walks both operands with a scalar strided iterator,
-//! forward and backward). Here the affine parameters — and, in the ResBlocks, the ADM
-//! scale-shift `·(1+scale)+shift` — are first folded into two small per-(sample, channel)
-//! coefficient tensors `a, b [N, C]`, so the full-size work is `mean`, `x − mean`, `Σ(x−mean)²`
-//! and one `(x−mean)·a + b` over `[N, C, H·W]` with a per-row scalar (a kernel burn-flex
-//! vectorises). The parameters are those of burn's [`GroupNorm`] (same names, same checkpoints);
-//! the result equals `GN(x)·(1+scale)+shift` up to float rounding.
+//! The UNet's GroupNorms on [`unclip_kernels::group_norm`]: burn's [`GroupNorm`] parameters
+//! (same names, same checkpoints), the ADM scale-shift `GN(h)·(1+scale)+shift`, the SiLU after
+//! it and the dropout mask all go into one fused operation. The affine parameters and the
+//! scale-shift are first folded into per-(sample, channel) coefficients `a, b [N, C]` (small
+//! tensors, differentiated by burn), so the kernel sees `act(x̂·a + b)·mask`.
 
 use burn::nn::GroupNorm;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
-/// `GN(x)` for `x [N, C, H, W]`, or `GN(x)·(1+scale)+shift` with `scale, shift [N, C]`.
+/// `act(GN(x)·(1+scale)+shift)·mask` for `x [N, C, H, W]` with `scale, shift [N, C]` (or plain
+/// `act(GN(x))·mask` without them); `act` is SiLU when `silu`, else the identity.
 pub(crate) fn group_norm_forward<B: Backend>(
     norm: &GroupNorm<B>,
     x: Tensor<B, 4>,
     scale_shift: Option<(Tensor<B, 2>, Tensor<B, 2>)>,
+    silu: bool,
+    mask: Option<Tensor<B, 4>>,
 ) -> Tensor<B, 4> {
-    let [n, c, h, w] = x.dims();
-    let groups = norm.num_groups;
+    let [n, c, _, _] = x.dims();
     assert_eq!(c, norm.num_channels, "GroupNorm channel count");
-    let cg = c / groups;
-    let hidden = cg * h * w;
-    let xg = x.reshape([n, groups, hidden]);
-    let mean = xg.clone().sum_dim(2) / hidden as f64;
-    let centered = xg - mean;
-    let var = centered.clone().square().sum_dim(2) / hidden as f64;
-    // [N, G, 1] → one value per (sample, channel), contiguous.
-    let rstd = var
-        .add_scalar(norm.epsilon)
-        .sqrt()
-        .recip()
-        .repeat_dim(2, cg)
-        .reshape([n, c]);
+    let device = x.device();
     let (gamma, beta) = match (&norm.gamma, &norm.beta) {
-        (Some(g), Some(b)) if norm.affine => {
-            (Some(g.val().reshape([1, c])), Some(b.val().reshape([1, c])))
+        (Some(g), Some(b)) if norm.affine => (g.val().reshape([1, c]), b.val().reshape([1, c])),
+        _ => (
+            Tensor::ones([1, c], &device),
+            Tensor::zeros([1, c], &device),
+        ),
+    };
+    let (a, b) = match scale_shift {
+        Some((scale, shift)) => {
+            let factor = scale + 1.0;
+            (factor.clone() * gamma, factor * beta + shift)
         }
-        _ => (None, None),
+        None => (gamma.repeat_dim(0, n), beta.repeat_dim(0, n)),
     };
-    let mut a = match &gamma {
-        Some(g) => rstd * g.clone(),
-        None => rstd,
-    };
-    let mut b: Option<Tensor<B, 2>> = beta;
-    if let Some((scale, shift)) = scale_shift {
-        let factor = scale + 1.0;
-        a = a * factor.clone();
-        b = Some(match b {
-            Some(beta) => factor * beta + shift,
-            None => shift,
-        });
-    }
-    let y = centered.reshape([n, c, h * w]) * a.reshape([n, c, 1]);
-    let y = match b {
-        // `[1, C]` (plain affine) → materialise per sample so the add is per-row scalar too.
-        Some(b) => {
-            let b = if b.dims()[0] == n {
-                b
-            } else {
-                b.repeat_dim(0, n)
-            };
-            y + b.reshape([n, c, 1])
-        }
-        None => y,
-    };
-    y.reshape([n, c, h, w])
+    unclip_kernels::group_norm(x, norm.num_groups, norm.epsilon, a, b, silu, mask)
 }

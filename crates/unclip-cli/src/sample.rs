@@ -180,6 +180,39 @@ pub struct EvalArgs {
     pub quick: bool,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Single-object held-out captions to score (default 48, `--quick` 8).
+    #[arg(long)]
+    pub captions: Option<usize>,
+    /// Two-object captions for the binding score (default 24, `--quick` 4; 0 skips).
+    #[arg(long)]
+    pub pairs: Option<usize>,
+    /// Captions of held-out colour–shape combinations (default 24, `--quick` 4; 0 skips).
+    #[arg(long)]
+    pub holdout: Option<usize>,
+    /// Decoder guidance scales of the sweep, comma-separated (default 1,2,4,8; `--quick`
+    /// 1,4); `none` skips the sweep.
+    #[arg(long, value_parser = parse_scales)]
+    pub sweep_scales: Option<Scales>,
+}
+
+/// A list of guidance scales (`none` = empty).
+#[derive(Debug, Clone)]
+pub struct Scales(pub Vec<f64>);
+
+fn parse_scales(s: &str) -> Result<Scales, String> {
+    if s.trim() == "none" {
+        return Ok(Scales(Vec::new()));
+    }
+    s.split(',')
+        .map(|v| {
+            v.trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|g| g.is_finite() && *g >= 0.0)
+                .ok_or_else(|| format!("{v:?} is not a guidance scale (a number ≥ 0)"))
+        })
+        .collect::<Result<_, _>>()
+        .map(Scales)
 }
 
 pub fn run_eval(a: EvalArgs) -> anyhow::Result<()> {
@@ -188,6 +221,30 @@ pub fn run_eval(a: EvalArgs) -> anyhow::Result<()> {
         .with_context(|| format!("loading the pipeline {}", a.pipeline.display()))?;
     let mut o = unclip_infer::eval::EvalOptions::new(a.data, a.out, a.quick);
     o.seed = a.seed;
+    o.captions = a.captions.unwrap_or(o.captions);
+    o.pairs = a.pairs.unwrap_or(o.pairs);
+    o.holdout = a.holdout.unwrap_or(o.holdout);
+    if let Some(Scales(s)) = a.sweep_scales {
+        o.sweep_scales = s;
+    }
     let report = unclip_infer::eval::evaluate(&p, &o)?;
     crate::print_json(&report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_scales;
+
+    #[test]
+    fn sweep_scales_parse_lists_and_none_and_refuse_the_rest() {
+        assert_eq!(
+            parse_scales("1, 2,4.5").expect("list").0,
+            vec![1.0, 2.0, 4.5]
+        );
+        assert!(parse_scales("none").expect("none").0.is_empty());
+        for bad in ["", "1,,2", "-1", "inf", "two"] {
+            let e = parse_scales(bad).expect_err(bad);
+            assert!(e.contains("guidance scale"), "{bad}: {e}");
+        }
+    }
 }

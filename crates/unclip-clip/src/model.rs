@@ -121,6 +121,25 @@ impl<B: Backend> Clip<B> {
         }
     }
 
+    /// The L2-normalised text embeddings of `ids` alone, computed over each batch's rows cut
+    /// after the last end-of-text token of any row. The text tower is causal, so a row's pooled
+    /// encoding never sees the tokens after its pool position: the result equals
+    /// `encode_text(ids).text_embeds` (up to float rounding) at a fraction of the cost when the
+    /// captions are much shorter than the context (77).
+    pub fn encode_text_embeds(&self, ids: &[Vec<u32>]) -> Tensor<B, 2> {
+        let eos = self.text_model.eos_token_id;
+        let keep = ids
+            .iter()
+            .map(|r| crate::text::pool_position(r, eos) + 1)
+            .max()
+            .unwrap_or(0);
+        let cut: Vec<Vec<u32>> = ids
+            .iter()
+            .map(|r| r[..keep.min(r.len())].to_vec())
+            .collect();
+        self.encode_text(&cut).text_embeds
+    }
+
     /// The weights under HF `CLIPModel` names, PyTorch layouts.
     pub fn to_hf_weights(&self) -> WeightMap {
         let mut out = WeightMap::new();

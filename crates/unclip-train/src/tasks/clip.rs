@@ -236,10 +236,7 @@ impl ClipTask {
             .chunks(len)
             .map(|row| row.iter().map(|&v| v as u32).collect())
             .collect();
-        Ok((
-            model.encode_image(pixels),
-            model.encode_text(&ids).text_embeds,
-        ))
+        Ok((model.encode_image(pixels), model.encode_text_embeds(&ids)))
     }
 
     /// Per-sample symmetric InfoNCE: (CE(image→texts) + CE(text→images)) / 2, [N].

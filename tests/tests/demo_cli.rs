@@ -50,7 +50,8 @@ fn finished_steps_are_skipped_and_modes_are_not_mixed() {
 /// dataset mean are, shuffled captions do clearly worse, and retrieval among 64 is far above
 /// chance. Then the decoder and upsampler train and export, the pipeline is assembled, `unclip
 /// sample` draws from it reproducibly, and the evaluation report is written, with a colour
-/// accuracy of at least twice chance on held-out captions.
+/// accuracy of at least twice chance on held-out captions and the decoder's learning test
+/// (colour from real images' embeddings: guidance 3 > guidance 1 > swapped embeddings).
 #[test]
 fn quick_demo_runs_end_to_end_and_the_prior_beats_the_baselines() {
     let tmp = tempfile::tempdir().expect("tmp");
@@ -107,6 +108,26 @@ fn quick_demo_runs_end_to_end_and_the_prior_beats_the_baselines() {
     assert!(
         colour >= 2.0 * chance,
         "colour accuracy {colour} < 2 × chance: {e}"
+    );
+    // The decoder's learning test: fed the CLIP embeddings of held-out images (two of each
+    // palette colour) with their captions, it draws the object in the image's colour more often
+    // at guidance 3 than at guidance 1, and more often at guidance 1 than with the embeddings
+    // swapped between colours (at guidance 3).
+    let dc = &e["decoder_colors"];
+    let d = |k: &str| dc[k].as_f64().unwrap_or_else(|| panic!("{k} in {dc}"));
+    assert_eq!(dc["colors"].as_f64(), Some((1.0 / chance).round()), "{dc}");
+    assert_eq!(
+        dc["images"].as_f64(),
+        Some(2.0 * (1.0 / chance).round()),
+        "{dc}"
+    );
+    assert!(
+        d("guidance_3") > d("guidance_1"),
+        "guidance 3 ≤ guidance 1: {dc}"
+    );
+    assert!(
+        d("guidance_1") > d("shuffled"),
+        "guidance 1 ≤ swapped embeddings: {dc}"
     );
     for f in [
         "report.md",

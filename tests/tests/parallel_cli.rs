@@ -119,9 +119,9 @@ fn train_losses(run: &Path) -> Vec<f64> {
         .collect()
 }
 
-/// Trains `config` for `steps` on one device and on two CPU peers; asserts equal weights,
-/// EMA and logged losses (and that training moved the weights).
-fn assert_two_peers_match_one(dir: &Path, config: &Path, steps: u64) {
+/// Trains `config` for `steps` on one device and on two CPU peers; asserts equal weights and
+/// EMA (within `tol`) and logged losses (and that training moved the weights).
+fn assert_two_peers_match_one(dir: &Path, config: &Path, steps: u64, tol: f32) {
     let one = dir.join("one");
     let two = dir.join("two");
     let short = dir.join("short");
@@ -131,11 +131,7 @@ fn assert_two_peers_match_one(dir: &Path, config: &Path, steps: u64) {
     for ema in [false, true] {
         let (a, b) = (exported(&one, ema), exported(&two, ema));
         let d = max_diff(&a, &b);
-        assert!(
-            d <= 1e-5,
-            "{}: max |Δw| = {d} (ema {ema})",
-            config.display()
-        );
+        assert!(d <= tol, "{}: max |Δw| = {d} (ema {ema})", config.display());
         assert!(
             max_diff(&a, &exported(&short, ema)) > 1e-4,
             "training did not move the weights"
@@ -157,8 +153,11 @@ fn two_cpu_peers_reach_the_weights_of_one_device() {
     let d = tmp.path().join("decoder");
     std::fs::create_dir_all(&p).expect("mkdir");
     std::fs::create_dir_all(&d).expect("mkdir");
-    assert_two_peers_match_one(&p, &prior, 4);
-    assert_two_peers_match_one(&d, &decoder, 3);
+    assert_two_peers_match_one(&p, &prior, 4, 1e-5);
+    // The decoder's convolution weight gradients are sums over every pixel of the batch, grouped
+    // differently when each peer holds half of it; where a gradient is near zero, Adam's
+    // division by √v turns that float rounding into up to a few % of one step (lr 2e-3).
+    assert_two_peers_match_one(&d, &decoder, 3, 5e-5);
 }
 
 /// Runs the binary with `env` set, failing the test if it has not exited after `limit`.

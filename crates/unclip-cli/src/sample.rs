@@ -189,6 +189,9 @@ pub struct EvalArgs {
     /// Captions of held-out colour–shape combinations (default 24, `--quick` 4; 0 skips).
     #[arg(long)]
     pub holdout: Option<usize>,
+    /// Held-out images per palette colour for the decoder-on-real-embeddings check (default 2).
+    #[arg(long)]
+    pub per_color: Option<usize>,
     /// Decoder guidance scales of the sweep, comma-separated (default 1,2,4,8; `--quick`
     /// 1,4); `none` skips the sweep.
     #[arg(long, value_parser = parse_scales)]
@@ -224,6 +227,7 @@ pub fn run_eval(a: EvalArgs) -> anyhow::Result<()> {
     o.captions = a.captions.unwrap_or(o.captions);
     o.pairs = a.pairs.unwrap_or(o.pairs);
     o.holdout = a.holdout.unwrap_or(o.holdout);
+    o.per_color = a.per_color.unwrap_or(o.per_color);
     if let Some(Scales(s)) = a.sweep_scales {
         o.sweep_scales = s;
     }

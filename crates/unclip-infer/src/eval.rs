@@ -38,6 +38,8 @@ pub struct EvalOptions {
     pub holdout: usize,
     /// Decoder guidance scales of the sweep.
     pub sweep_scales: Vec<f64>,
+    /// Held-out images per palette colour for the decoder-follows-the-embedding check.
+    pub per_color: usize,
     /// Captions × samples per caption of the sweep.
     pub sweep_captions: usize,
     pub sweep_samples: usize,
@@ -60,6 +62,7 @@ impl EvalOptions {
             pairs,
             holdout,
             sweep_scales: scales,
+            per_color: 2,
             sweep_captions: sc,
             sweep_samples: ss,
             seed: 0,
@@ -528,7 +531,7 @@ pub fn evaluate<B: AutodiffBackend>(
     let single_scores = run_set(&single, "single")?;
     let pair_scores = run_set(&pairs, "pairs")?;
     let holdout_scores = run_set(&holdout, "holdout")?;
-    let colour_set = by_color(&single, (o.captions / 24).max(1));
+    let colour_set = by_color(&single, o.per_color);
     let decoder_colors = decoder_colors(p, &colour_set, o.seed)?;
     bar.inc(1);
     let mut sweep = Vec::new();

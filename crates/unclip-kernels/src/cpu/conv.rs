@@ -1,19 +1,23 @@
-//! 3×3 convolution (stride 1, zero padding 1) of a whole batch as nine matrix products, forward
+//! 3×3 convolution (stride 1, zero padding 1) of a whole batch as three matrix products, forward
 //! and backward.
 //!
-//! The batch is laid out as one tall, channel-major, zero-padded image ("the plane"): for each
-//! input channel, the samples' images are stacked vertically with one zero row above each and
-//! one below the last, and one zero column on each side; then the plane is flattened row by
-//! row (plus two trailing zeros). In that flat layout tap `(dy, dx)` of every output pixel of
-//! every sample is the same contiguous window shifted by `dy·(W+2) + dx`, so
+//! The batch is laid out as one tall, pixel-major, zero-padded image ("the plane"): the
+//! samples' images are stacked vertically with one zero row above each and one below the
+//! last, and one zero column on each side; the plane is flattened row by row (plus two
+//! trailing zero pixels), each pixel holding its `C` channels contiguously. In that layout the
+//! three taps `(dy, 0..3)` of one kernel row, for every output pixel of every sample, are one
+//! strided matrix `[3·C_in, Q]` — element `(dx·C_in + c, q)` sits at `(q + dy·(W+2))·C_in +
+//! dx·C_in + c` — so
 //!
-//! * forward: `Y = Σ_taps W_tap · window_tap` — nine products `[C_out, C_in] × [C_in, Q]`
-//!   over the whole batch at once (`Q` ≈ N·H·W, large enough for both cores);
-//! * weight gradient: `dW_tap = dY · window_tapᵀ`, the batch summed inside the product;
-//! * input gradient: `dPlane[window_tap] += W_tapᵀ · dY`, nine accumulating products.
+//! * forward: `Y = Σ_dy W_dy · window_dy` — three products `[C_out, 3·C_in] × [3·C_in, Q]`
+//!   over the whole batch at once (`Q` ≈ N·H·W, large enough for both cores; the depth
+//!   `3·C_in` keeps the products efficient at the few channels of small UNets);
+//! * weight gradient: `dW_dy = dY · window_dyᵀ`, the batch summed inside the product;
+//! * input gradient: the forward convolution of the padded output gradient with the flipped,
+//!   transposed kernel.
 //!
 //! The outputs at the padding columns and between samples are computed and dropped
-//! (≈ 3 % extra work at 64 px, ≈ 40 % at 8 px). No im2col copy: the product reads the shifted
+//! (≈ 3 % extra work at 64 px, ≈ 40 % at 8 px). No im2col copy: the products read the shifted
 //! windows in place.
 
 use rayon::prelude::*;
@@ -36,49 +40,46 @@ impl ConvShape {
         self.w + 2
     }
 
-    /// Elements of one channel's plane: `N·(H+1)+1` padded rows, plus two so the last
-    /// shifted window fits.
+    /// Pixels of the plane: `N·(H+1)+1` padded rows, plus two so the last shifted window
+    /// fits.
     fn plane(&self) -> usize {
         (self.n * (self.h + 1) + 1) * self.wp() + 2
     }
 
-    /// Output positions computed per channel (every padded row between the first and last
-    /// zero row, all columns).
+    /// Output positions computed (every padded row between the first and last zero row, all
+    /// columns).
     fn q(&self) -> usize {
         (self.n * (self.h + 1) - 1) * self.wp()
-    }
-
-    /// Offset of tap `t` (row-major over the 3×3 kernel) in the flat plane.
-    fn tap_offset(&self, t: usize) -> usize {
-        (t / 3) * self.wp() + t % 3
     }
 
     /// Index in a `q`-long output row of pixel `(i, j)` of sample `n`.
     fn out_index(&self, n: usize, i: usize, j: usize) -> usize {
         (n * (self.h + 1) + i) * self.wp() + j
     }
-
-    /// Index in the plane of input pixel `(i, j)` of sample `n`.
-    fn plane_index(&self, n: usize, i: usize, j: usize) -> usize {
-        (1 + n * (self.h + 1) + i) * self.wp() + 1 + j
-    }
 }
 
-/// `x [N, C, H, W]` → `[C, plane]` (see the module docs).
+/// `x [N, C, H, W]` → `[plane, C]` (see the module docs).
 pub(crate) fn to_plane(x: &[f32], shape: ConvShape, channels: usize) -> Vec<f32> {
     let ConvShape { n, h, w, .. } = shape;
-    let plane = shape.plane();
     assert_eq!(x.len(), n * channels * h * w, "conv: input size");
-    let mut out = vec![0.0f32; channels * plane];
-    out.par_chunks_mut(plane).enumerate().for_each(|(c, dst)| {
-        for s in 0..n {
-            let src = &x[(s * channels + c) * h * w..][..h * w];
-            for i in 0..h {
-                let at = shape.plane_index(s, i, 0);
-                dst[at..at + w].copy_from_slice(&src[i * w..(i + 1) * w]);
+    let mut out = vec![0.0f32; channels * shape.plane()];
+    // Padded row `r = 1 + s·(H+1) + i` holds row `i` of sample `s`.
+    out.par_chunks_mut(channels * shape.wp())
+        .enumerate()
+        .for_each(|(r, dst)| {
+            let Some((s, i)) = r.checked_sub(1).map(|r| (r / (h + 1), r % (h + 1))) else {
+                return;
+            };
+            if s >= n || i >= h {
+                return;
             }
-        }
-    });
+            for c in 0..channels {
+                let src = &x[((s * channels + c) * h + i) * w..][..w];
+                for (j, &v) in src.iter().enumerate() {
+                    dst[(1 + j) * channels + c] = v;
+                }
+            }
+        });
     out
 }
 
@@ -118,34 +119,33 @@ fn to_rows(y: &[f32], shape: ConvShape, channels: usize) -> Vec<f32> {
     out
 }
 
-/// `[C, plane]` → `[N, C, H, W]` (the interior pixels).
-fn from_plane(p: &[f32], shape: ConvShape, channels: usize) -> Vec<f32> {
-    let ConvShape { n, h, w, .. } = shape;
-    let plane = shape.plane();
-    let mut out = vec![0.0f32; n * channels * h * w];
-    out.par_chunks_mut(h * w).enumerate().for_each(|(sc, dst)| {
-        let (s, c) = (sc / channels, sc % channels);
-        let src = &p[c * plane..(c + 1) * plane];
-        for i in 0..h {
-            let at = shape.plane_index(s, i, 0);
-            dst[i * w..(i + 1) * w].copy_from_slice(&src[at..at + w]);
-        }
-    });
-    out
-}
-
-/// `[C_out, C_in, 3, 3]` → `[9, C_out, C_in]`: one contiguous matrix per tap.
-fn taps(weight: &[f32], cout: usize, cin: usize) -> Vec<f32> {
+/// `[C_out, C_in, 3, 3]` → `[3, C_out, 3·C_in]`: per kernel row `dy`, the matrix whose
+/// column `dx·C_in + c` is tap `(dy, dx)` of input channel `c`.
+fn row_taps(weight: &[f32], cout: usize, cin: usize) -> Vec<f32> {
     assert_eq!(weight.len(), cout * cin * 9, "conv: weight size");
     let mut t = vec![0.0f32; 9 * cout * cin];
     for o in 0..cout {
         for i in 0..cin {
             for k in 0..9 {
-                t[(k * cout + o) * cin + i] = weight[(o * cin + i) * 9 + k];
+                let (dy, dx) = (k / 3, k % 3);
+                t[(dy * cout + o) * 3 * cin + dx * cin + i] = weight[(o * cin + i) * 9 + k];
             }
         }
     }
     t
+}
+
+/// The kernel of the input gradient: `W'[c_in, c_out, dy, dx] = W[c_out, c_in, 2−dy, 2−dx]`.
+fn flipped(weight: &[f32], cout: usize, cin: usize) -> Vec<f32> {
+    let mut f = vec![0.0f32; 9 * cout * cin];
+    for o in 0..cout {
+        for i in 0..cin {
+            for k in 0..9 {
+                f[(i * cout + o) * 9 + 8 - k] = weight[(o * cin + i) * 9 + k];
+            }
+        }
+    }
+    f
 }
 
 /// Forward pass: `(y [N, C_out, H, W], the input plane)`; the plane is what the backward pass
@@ -169,15 +169,16 @@ pub(crate) fn forward_plane(
     shape: ConvShape,
 ) -> Vec<f32> {
     let ConvShape { cin, cout, .. } = shape;
-    let (plane, q) = (shape.plane(), shape.q());
+    let (q, k) = (shape.q(), 3 * cin);
+    assert_eq!(xp.len(), cin * shape.plane(), "conv: plane size");
     let mut rows = vec![0.0f32; cout * q];
-    let taps = taps(weight, cout, cin);
-    for t in 0..9 {
+    let taps = row_taps(weight, cout, cin);
+    for dy in 0..3 {
         gemm(
             ViewMut::rows(&mut rows, cout, q),
-            t > 0,
-            View::rows(&taps[t * cout * cin..(t + 1) * cout * cin], cout, cin),
-            View::new(xp, shape.tap_offset(t), [cin, q], [plane, 1]),
+            dy > 0,
+            View::rows(&taps[dy * cout * k..(dy + 1) * cout * k], cout, k),
+            View::new(xp, dy * shape.wp() * cin, [k, q], [1, cin]),
             1.0,
             Threads::Pool,
         );
@@ -201,22 +202,29 @@ pub(crate) fn backward(
     shape: ConvShape,
     need: [bool; 3],
 ) -> ConvGrads {
-    let ConvShape { cin, cout, .. } = shape;
-    let (plane, q) = (shape.plane(), shape.q());
-    let dyr = to_rows(dy, shape, cout);
+    let ConvShape { n, cin, cout, h, w } = shape;
+    let (q, k) = (shape.q(), 3 * cin);
     let bias = need[2].then(|| {
-        dyr.par_chunks(q)
-            .map(|row| row.iter().map(|&v| v as f64).sum::<f64>() as f32)
+        (0..cout)
+            .into_par_iter()
+            .map(|c| {
+                let sum: f64 = (0..n)
+                    .flat_map(|s| &dy[(s * cout + c) * h * w..][..h * w])
+                    .map(|&v| v as f64)
+                    .sum();
+                sum as f32
+            })
             .collect()
     });
     let dw = need[1].then(|| {
+        let dyr = to_rows(dy, shape, cout);
         let mut dtaps = vec![0.0f32; 9 * cout * cin];
-        for (t, dst) in dtaps.chunks_mut(cout * cin).enumerate() {
+        for (r, dst) in dtaps.chunks_mut(cout * k).enumerate() {
             gemm(
-                ViewMut::rows(dst, cout, cin),
+                ViewMut::rows(dst, cout, k),
                 false,
                 View::rows(&dyr, cout, q),
-                View::new(xp, shape.tap_offset(t), [q, cin], [1, plane]),
+                View::new(xp, r * shape.wp() * cin, [q, k], [cin, 1]),
                 1.0,
                 Threads::Pool,
             );
@@ -224,27 +232,22 @@ pub(crate) fn backward(
         let mut dw = vec![0.0f32; cout * cin * 9];
         for o in 0..cout {
             for i in 0..cin {
-                for k in 0..9 {
-                    dw[(o * cin + i) * 9 + k] = dtaps[(k * cout + o) * cin + i];
+                for t in 0..9 {
+                    let (r, c) = (t / 3, t % 3);
+                    dw[(o * cin + i) * 9 + t] = dtaps[(r * cout + o) * k + c * cin + i];
                 }
             }
         }
         dw
     });
     let dx = need[0].then(|| {
-        let taps = taps(weight, cout, cin);
-        let mut dxp = vec![0.0f32; cin * plane];
-        for t in 0..9 {
-            gemm(
-                ViewMut::new(&mut dxp, shape.tap_offset(t), [cin, q], [plane, 1]),
-                true,
-                View::rows(&taps[t * cout * cin..(t + 1) * cout * cin], cout, cin).t(),
-                View::rows(&dyr, cout, q),
-                1.0,
-                Threads::Pool,
-            );
-        }
-        from_plane(&dxp, shape, cin)
+        let transposed = ConvShape {
+            cin: cout,
+            cout: cin,
+            ..shape
+        };
+        let dyp = to_plane(dy, transposed, cout);
+        forward_plane(&dyp, &flipped(weight, cout, cin), None, transposed)
     });
     ConvGrads {
         x: dx,

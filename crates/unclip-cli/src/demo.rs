@@ -70,7 +70,7 @@ pub struct DemoArgs {
     /// Run the steps up to and including this one.
     #[arg(long, value_enum, default_value = "eval")]
     pub until: DemoStep,
-    /// A smaller world and shorter training: a first look in about a minute, lower quality.
+    /// A smaller world and shorter training: a first look in a few minutes, lower quality.
     #[arg(long)]
     pub quick: bool,
 }

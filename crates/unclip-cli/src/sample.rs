@@ -189,8 +189,9 @@ pub struct EvalArgs {
     /// Captions of held-out colour–shape combinations (default 24, `--quick` 4; 0 skips).
     #[arg(long)]
     pub holdout: Option<usize>,
-    /// Held-out images per palette colour for the decoder-on-real-embeddings check (default 2).
-    #[arg(long)]
+    /// Held-out images per palette colour for the decoder-on-real-embeddings check (default 2,
+    /// at least 1).
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub per_color: Option<usize>,
     /// Decoder guidance scales of the sweep, comma-separated (default 1,2,4,8; `--quick`
     /// 1,4); `none` skips the sweep.

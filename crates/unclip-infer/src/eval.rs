@@ -38,7 +38,7 @@ pub struct EvalOptions {
     pub holdout: usize,
     /// Decoder guidance scales of the sweep.
     pub sweep_scales: Vec<f64>,
-    /// Held-out images per palette colour for the decoder-follows-the-embedding check.
+    /// Held-out images per palette colour for the decoder-follows-the-embedding check (≥ 1).
     pub per_color: usize,
     /// Captions × samples per caption of the sweep.
     pub sweep_captions: usize,

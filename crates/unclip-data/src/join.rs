@@ -4,7 +4,11 @@
 //! Samples the store has no embedding for (recorded as missing when embedding, or absent) are
 //! skipped with the reason `missing_embedding`. The store must be checked against the shards
 //! first ([`EmbeddingStore::check_shards`]) so a misaligned store fails before training starts.
-//! Per-shard embeddings are loaded on first use and kept for the few most recent shards.
+//! Per-shard embeddings are loaded on first use (without the per-token text encodings when they
+//! are not asked for) and kept in a least-recently-used cache: up to [`CACHE_BYTES`] of them,
+//! and always the [`CACHE_MIN_SHARDS`] most recently used. A shuffle buffer keeps a few samples
+//! of earlier shards in flight long after their shard was read, so a cache of only the last
+//! few shards would reload (and evict) shards over and over on a store of many shards.
 
 use crate::store::{EmbeddingStore, ShardEmbeddings};
 use crate::transform::{
@@ -13,6 +17,11 @@ use crate::transform::{
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+
+/// The cache keeps shards while their embeddings total at most this many bytes…
+pub const CACHE_BYTES: usize = 1 << 30;
+/// …and never fewer than this many (the most recently used), whatever their size.
+pub const CACHE_MIN_SHARDS: usize = 4;
 
 struct Loaded {
     embeddings: ShardEmbeddings,
@@ -25,8 +34,10 @@ pub struct WithEmbeddings {
     inner: Arc<dyn SampleTransform>,
     store: EmbeddingStore,
     text_encodings: bool,
+    /// Least recently used first.
     cache: Mutex<VecDeque<(PathBuf, Arc<Loaded>)>>,
-    cache_shards: usize,
+    /// Shard loads so far (each miss of the cache).
+    loads: std::sync::atomic::AtomicU64,
 }
 
 impl WithEmbeddings {
@@ -48,19 +59,29 @@ impl WithEmbeddings {
             store,
             text_encodings,
             cache: Mutex::new(VecDeque::new()),
-            cache_shards: 4,
+            loads: Default::default(),
         })
+    }
+
+    /// How many times a shard's embeddings were read from disk.
+    pub fn shard_loads(&self) -> u64 {
+        self.loads.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn shard(&self, path: &Path) -> Result<Arc<Loaded>, TransformError> {
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, l)) = cache.iter().find(|(p, _)| p == path) {
-            return Ok(l.clone());
+        if let Some(i) = cache.iter().position(|(p, _)| p == path) {
+            let hit = cache.remove(i).expect("index in range");
+            let loaded = hit.1.clone();
+            cache.push_back(hit);
+            return Ok(loaded);
         }
         // Loading under the lock: other workers would need the same shard anyway.
+        self.loads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let embeddings = self
             .store
-            .load_shard(path)
+            .load_shard_parts(path, self.text_encodings)
             .map_err(|e| TransformError::Other {
                 reason: "missing_embedding",
                 detail: e.to_string(),
@@ -73,8 +94,11 @@ impl WithEmbeddings {
             .collect();
         let loaded = Arc::new(Loaded { embeddings, rows });
         cache.push_back((path.to_path_buf(), loaded.clone()));
-        if cache.len() > self.cache_shards {
-            cache.pop_front();
+        let mut bytes: usize = cache.iter().map(|(_, l)| l.embeddings.bytes()).sum();
+        while cache.len() > CACHE_MIN_SHARDS && bytes > CACHE_BYTES {
+            if let Some((_, old)) = cache.pop_front() {
+                bytes -= old.embeddings.bytes();
+            }
         }
         Ok(loaded)
     }

@@ -76,6 +76,16 @@ pub struct ShardEmbeddings {
 }
 
 impl ShardEmbeddings {
+    /// Bytes held in memory by the vectors (keys aside).
+    pub fn bytes(&self) -> usize {
+        let f = std::mem::size_of::<f32>();
+        let enc = self
+            .text_encodings
+            .as_ref()
+            .map_or(0, |t| t.values.len() * f + t.mask.len());
+        (self.image_embed.len() + self.text_embed.len()) * f + enc
+    }
+
     pub fn len(&self) -> usize {
         self.keys.len()
     }
@@ -278,6 +288,12 @@ pub fn read_shard_header(path: &Path) -> Result<ShardHeader, StoreError> {
 
 /// Read a shard's embeddings.
 pub fn read_shard(path: &Path) -> Result<ShardEmbeddings, StoreError> {
+    read_shard_parts(path, true)
+}
+
+/// Read a shard's embeddings, with its per-token text encodings only when `text_encodings`
+/// (they are most of the file: skipping them spares converting them to f32).
+pub fn read_shard_parts(path: &Path, text_encodings: bool) -> Result<ShardEmbeddings, StoreError> {
     let bytes = std::fs::read(path).map_err(io_err(path))?;
     let bad = |what: String| StoreError::Format {
         path: path.to_path_buf(),
@@ -304,7 +320,7 @@ pub fn read_shard(path: &Path) -> Result<ShardEmbeddings, StoreError> {
     if text.shape() != image.shape() {
         return Err(bad("image_embed and text_embed shapes differ".into()));
     }
-    let text_encodings = if st.names().contains(&"text_encodings") {
+    let text_encodings = if text_encodings && st.names().contains(&"text_encodings") {
         let v = tensor("text_encodings", safetensors::Dtype::F16)?;
         let m = tensor("text_mask", safetensors::Dtype::U8)?;
         let (context, width) = match v.shape() {
@@ -500,6 +516,15 @@ impl EmbeddingStore {
 
     pub fn load_shard(&self, shard: &Path) -> Result<ShardEmbeddings, StoreError> {
         read_shard(&self.file_for(shard)?)
+    }
+
+    /// [`Self::load_shard`], leaving out the per-token text encodings unless `text_encodings`.
+    pub fn load_shard_parts(
+        &self,
+        shard: &Path,
+        text_encodings: bool,
+    ) -> Result<ShardEmbeddings, StoreError> {
+        read_shard_parts(&self.file_for(shard)?, text_encodings)
     }
 
     /// Before training: every shard has complete embeddings whose keys are the shard's own,

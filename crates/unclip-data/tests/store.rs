@@ -190,3 +190,91 @@ fn foreign_or_corrupt_files_are_clear_errors() {
     assert!(err.contains("format tag"), "{err}");
     assert!(Manifest::load(dir.path()).is_err());
 }
+
+/// An inner transform that adds nothing (the embeddings are the fields under test).
+struct Bare;
+
+impl unclip_data::transform::SampleTransform for Bare {
+    fn apply(
+        &self,
+        sample: unclip_data::transform::DecodedSample,
+        ctx: unclip_data::transform::SampleContext,
+    ) -> Result<unclip_data::transform::Example, unclip_data::transform::TransformError> {
+        Ok(unclip_data::transform::Example {
+            key: sample.key,
+            caption: sample.caption,
+            index: ctx.index,
+            fields: Vec::new(),
+        })
+    }
+}
+
+/// A shuffle buffer keeps a few samples of an early shard in flight while later shards stream:
+/// the join's cache must keep a small store's shards instead of reloading them (it was a FIFO of
+/// four shards, which reloaded — and evicted the current shard — on every late sample), and it
+/// must not read the per-token encodings when they are not asked for.
+#[test]
+fn the_join_cache_loads_each_shard_of_a_small_store_once() {
+    use std::sync::Arc;
+    use unclip_data::join::WithEmbeddings;
+    use unclip_data::transform::{DecodedSample, SampleContext, SampleTransform};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut m = Manifest::new(clip_info(), true);
+    let shards: Vec<String> = (0..7).map(|i| format!("{i:05}.tar")).collect();
+    let mut stored = Vec::new();
+    for (i, s) in shards.iter().enumerate() {
+        let e = embeddings(&["a", "b"], 4, i as f32, true);
+        let file = embedding_file_name(std::path::Path::new(s));
+        write_shard(&d.join(&file), s, &e).unwrap();
+        let parts = read_shard_parts(&d.join(&file), false).unwrap();
+        assert!(parts.text_encodings.is_none());
+        assert_eq!(
+            parts.image_embed,
+            read_shard(&d.join(&file)).unwrap().image_embed
+        );
+        stored.push(parts);
+        m.record(ShardEntry {
+            shard: s.clone(),
+            file,
+            samples: 2,
+            missing: 0,
+            complete: true,
+        });
+    }
+    m.save(d).unwrap();
+    let join =
+        WithEmbeddings::new(Arc::new(Bare), EmbeddingStore::open(d).unwrap(), false).unwrap();
+    let sample = |shard: usize, key: &str| DecodedSample {
+        key: key.into(),
+        shard: Arc::from(d.join(&shards[shard]).as_path()),
+        caption: Some("c".into()),
+        json_bytes: None,
+        image_bytes: Vec::new(),
+        image_ext: "png".into(),
+        max_pixels: 1 << 20,
+    };
+    let ctx = SampleContext {
+        seed: 0,
+        epoch: 0,
+        index: 0,
+    };
+    // Shards in stream order, with samples of shard 0 (and 1) arriving late, twice.
+    let order = [0, 1, 2, 3, 4, 0, 5, 1, 6, 0, 6, 2];
+    for (n, &s) in order.iter().enumerate() {
+        let key = if n % 2 == 0 { "a" } else { "b" };
+        let ex = join.apply(sample(s, key), ctx).unwrap();
+        let names: Vec<&str> = ex.fields.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["image_embed", "text_embed"],
+            "no encodings were asked for"
+        );
+        let row = usize::from(key == "b");
+        assert_eq!(
+            ex.fields[0].data,
+            stored[s].image_embed[row * 4..row * 4 + 4]
+        );
+    }
+    assert_eq!(join.shard_loads(), 7, "each shard read once");
+}

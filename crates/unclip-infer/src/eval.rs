@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::AutodiffBackend;
 use image::RgbImage;
+use rayon::prelude::*;
 use serde::Serialize;
 use unclip_data_tools::shapes::score::{parse_caption, score, CaptionSpec};
 use unclip_data_tools::shapes::{Color, Shape};
@@ -289,10 +290,10 @@ impl<B: AutodiffBackend> Pipeline<B> {
         })
     }
 
-    /// Generates in batches of [`EVAL_BATCH`] captions (memory stays bounded), two batches at
-    /// a time: much of a sampling step is single-threaded tensor work, so two batches side by
-    /// side keep both cores busy. Each batch's noise is keyed by its index, so the images do not
-    /// depend on how the batches are scheduled.
+    /// Generates in batches of [`EVAL_BATCH`] captions, one batch per rayon thread at a time
+    /// (memory stays bounded): much of a sampling step is single-threaded tensor work, so
+    /// batches side by side keep every core busy. Each batch's noise is keyed by its index, so
+    /// the images, returned in caption order, do not depend on the scheduling.
     fn generate(
         &self,
         captions: &[String],
@@ -312,18 +313,12 @@ impl<B: AutodiffBackend> Pipeline<B> {
             };
             Ok(g.images().to_vec())
         };
-        let chunks: Vec<&[String]> = captions.chunks(EVAL_BATCH).collect();
-        let mut out = Vec::with_capacity(captions.len());
-        for (pair, two) in chunks.chunks(2).enumerate() {
-            let (a, b) = match two {
-                [a, b] => rayon::join(|| one(2 * pair, a), || one(2 * pair + 1, b)),
-                [a] => (one(2 * pair, a), Ok(Vec::new())),
-                _ => unreachable!("chunks(2) yields one or two batches"),
-            };
-            out.extend(a?);
-            out.extend(b?);
-        }
-        Ok(out)
+        let batches = captions
+            .par_chunks(EVAL_BATCH)
+            .enumerate()
+            .map(|(i, chunk)| one(i, chunk))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(batches.into_iter().flatten().collect())
     }
 }
 

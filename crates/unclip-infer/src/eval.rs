@@ -416,29 +416,53 @@ fn pairs_grid(real: &[RgbImage], fake: &[RgbImage], cols: usize) -> RgbImage {
     crate::grid(&items, 2 * cols)
 }
 
-/// The fidelity–diversity plot: x = diversity, y = colour accuracy; unCLIP in blue, the
-/// text-embedding ablation in red, larger markers for larger guidance.
-fn sweep_plot(points: &[SweepPoint]) -> RgbImage {
-    let (w, h, m) = (480u32, 360u32, 40u32);
-    let mut img = RgbImage::from_pixel(w, h, image::Rgb([255, 255, 255]));
-    let axis = image::Rgb([0, 0, 0]);
-    for x in m..w - m / 2 {
-        img.put_pixel(x, h - m, axis);
-    }
-    for y in m / 2..h - m {
-        img.put_pixel(m, y, axis);
-    }
-    let xmax = points
+/// Diversity spacing of the sweep plot's vertical grid lines.
+const PLOT_X_GRID: f64 = 0.05;
+
+/// Right end of the sweep plot's diversity axis: 10 % beyond the most diverse point.
+fn sweep_xmax(points: &[SweepPoint]) -> f64 {
+    points
         .iter()
         .map(|p| p.diversity)
         .filter(|v| v.is_finite())
         .fold(1e-6, f64::max)
-        * 1.1;
-    let to_px = |p: &SweepPoint| {
-        let x = m as f64 + (p.diversity / xmax).clamp(0.0, 1.0) * (w - m - m / 2) as f64;
-        let y = (h - m) as f64 - p.color.clamp(0.0, 1.0) * (h - m - m / 2) as f64;
+        * 1.1
+}
+
+/// The fidelity–diversity plot: x = diversity from 0 to [`sweep_xmax`] (grey lines every
+/// [`PLOT_X_GRID`]), y = colour accuracy from 0 to 100 % (grey lines every 10 %); unCLIP in
+/// blue, the text-embedding ablation in red, larger markers for larger guidance.
+fn sweep_plot(points: &[SweepPoint]) -> RgbImage {
+    let (w, h, m) = (480u32, 360u32, 40u32);
+    let mut img = RgbImage::from_pixel(w, h, image::Rgb([255, 255, 255]));
+    let (x0, x1, y0, y1) = (m, w - m / 2, h - m, m / 2);
+    let xmax = sweep_xmax(points);
+    let to_px = |diversity: f64, color: f64| {
+        let x = x0 as f64 + (diversity / xmax).clamp(0.0, 1.0) * (x1 - x0) as f64;
+        let y = y0 as f64 - color.clamp(0.0, 1.0) * (y0 - y1) as f64;
         (x, y)
     };
+    let grid = image::Rgb([225, 225, 225]);
+    for k in 1..=10 {
+        let (_, y) = to_px(0.0, k as f64 / 10.0);
+        for x in x0..x1 {
+            img.put_pixel(x, y as u32, grid);
+        }
+    }
+    for k in 1..=(xmax / PLOT_X_GRID) as usize {
+        let (x, _) = to_px(k as f64 * PLOT_X_GRID, 0.0);
+        for y in y1..y0 {
+            img.put_pixel(x as u32, y, grid);
+        }
+    }
+    let axis = image::Rgb([0, 0, 0]);
+    for x in x0..x1 {
+        img.put_pixel(x, y0, axis);
+    }
+    for y in y1..y0 {
+        img.put_pixel(x0, y, axis);
+    }
+    let to_px = |p: &SweepPoint| to_px(p.diversity, p.color);
     for method in ["unclip", "text_embedding"] {
         let color = if method == "unclip" {
             image::Rgb([30, 90, 220])
@@ -659,6 +683,11 @@ fn write_report(r: &EvalReport, out: &Path) -> Result<(), InferError> {
          among one caption's samples); y: colour accuracy; blue: unCLIP (prior → decoder), red: the decoder fed the text embedding in \
          place of an image embedding; larger markers = larger guidance.\n\n",
     );
+    md.push_str(&format!(
+        "Axes: colour accuracy from 0 to 100 % (grey lines every 10 %); diversity from 0 to \
+         {:.3} (grey lines every {PLOT_X_GRID}).\n\n",
+        sweep_xmax(&r.sweep)
+    ));
     md.push_str("| method | guidance | colour | shape | CLIP score | diversity |\n|---|---|---|---|---|---|\n");
     for s in &r.sweep {
         md.push_str(&format!(
@@ -695,5 +724,34 @@ mod tests {
         assert_eq!(diversity(&[img.clone(), img.clone()]), 0.0);
         let other = RgbImage::from_pixel(4, 4, image::Rgb([255, 20, 30]));
         assert!(diversity(&[img, other]) > 0.5);
+    }
+
+    #[test]
+    fn sweep_plot_puts_points_on_its_grid() {
+        let point = |method: &str, guidance: f64, color: f64, diversity: f64| SweepPoint {
+            method: method.into(),
+            guidance,
+            color,
+            shape: 0.0,
+            clip_score: 0.0,
+            diversity,
+        };
+        // xmax = 0.22: the plot spans 0..0.22 over x 40..460 and 0..100 % over y 320..20.
+        let img = sweep_plot(&[
+            point("unclip", 1.0, 0.5, 0.1),
+            point("text_embedding", 8.0, 0.8, 0.2),
+        ]);
+        let px = |d: f64, c: f64| {
+            let x = 40.0 + d / 0.22 * 420.0;
+            let y = 320.0 - c * 300.0;
+            *img.get_pixel(x as u32, y as u32)
+        };
+        assert_eq!(px(0.1, 0.5), image::Rgb([30, 90, 220]));
+        assert_eq!(px(0.2, 0.8), image::Rgb([220, 40, 40]));
+        let grey = image::Rgb([225, 225, 225]);
+        assert_eq!(px(0.02, 0.3), grey, "10 % line");
+        assert_eq!(px(0.05, 0.95), grey, "0.05 diversity line");
+        assert_eq!(px(0.03, 0.95), image::Rgb([255, 255, 255]));
+        assert_eq!(*img.get_pixel(40, 200), image::Rgb([0, 0, 0]), "y axis");
     }
 }

@@ -129,6 +129,23 @@ fn quick_demo_runs_end_to_end_and_the_prior_beats_the_baselines() {
         d("guidance_1") > d("shuffled"),
         "guidance 1 ≤ swapped embeddings: {dc}"
     );
+    for k in ["shape_guidance_1", "shape_guidance_3"] {
+        assert!((0.0..=1.0).contains(&d(k)), "{k} in {dc}");
+    }
+    // The shape split by the real object's size covers every scored image (the scorer reads
+    // an object off every real image).
+    let by = &e["single"]["shape_by_size"];
+    let n = |k: &str| by[k].as_f64().unwrap_or_else(|| panic!("{k} in {by}"));
+    assert_eq!(
+        Some(n("small_images") + n("large_images")),
+        e["single"]["images"].as_f64(),
+        "{by}"
+    );
+    // The frozen CLIP tells colours apart zero-shot (the quick CLIP: 100 % on 2026-12-07).
+    let zs = &e["clip_zero_shot"];
+    let z = |k: &str| zs[k].as_f64().unwrap_or_else(|| panic!("{k} in {zs}"));
+    assert!(z("color") >= 4.0 * chance, "{zs}");
+    assert!((0.0..=1.0).contains(&z("shape")), "{zs}");
     for f in [
         "report.md",
         "report.json",

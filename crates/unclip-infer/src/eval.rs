@@ -20,8 +20,10 @@ use burn::tensor::backend::AutodiffBackend;
 use image::RgbImage;
 use rayon::prelude::*;
 use serde::Serialize;
-use unclip_data_tools::shapes::score::{parse_caption, score, CaptionSpec};
-use unclip_data_tools::shapes::{Color, Shape};
+use unclip_data_tools::shapes::score::{
+    parse_caption, read_objects, score, CaptionSpec, ImageScore,
+};
+use unclip_data_tools::shapes::{Color, Shape, SizeClass};
 
 use crate::{pipeline_error, save_png, GenerateOptions, InferError, Pipeline, StageOverrides};
 
@@ -80,12 +82,16 @@ struct Held {
     image: RgbImage,
 }
 
-/// The samples of every shard in `dir` (sorted), in order, up to `limit` matching `keep`.
+/// The samples of every shard in `dir` (sorted), in order, up to `limit` matching `keep`
+/// (none for a limit of 0: that part of the evaluation is skipped).
 fn read_split(
     dir: &Path,
     limit: usize,
     keep: impl Fn(&CaptionSpec) -> bool,
 ) -> Result<Vec<Held>, InferError> {
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
     let mut shards: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| pipeline_error(dir, e))?
         .filter_map(Result::ok)
@@ -148,8 +154,62 @@ pub struct SetScores {
     pub position: Option<f64>,
     /// Two-object captions: both (colour, shape) pairs on distinct objects.
     pub binding: Option<f64>,
+    /// Single-object captions: shape accuracy split by the size class of the real image's
+    /// object (read off the real image by the scorer).
+    pub shape_by_size: Option<ShapeBySize>,
     pub clip_score: f64,
     pub cmmd: f64,
+}
+
+/// Shape accuracy of single-object captions by the real object's size class (`None` where no
+/// real image has an object of that class).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ShapeBySize {
+    pub small_images: usize,
+    pub small: Option<f64>,
+    pub large_images: usize,
+    pub large: Option<f64>,
+}
+
+/// Splits `scores` (one per `held`, single-object captions only) by the size class of the
+/// object the scorer reads off each real image; `None` when `held` has a two-object caption.
+fn shape_by_size(held: &[Held], scores: &[ImageScore]) -> Option<ShapeBySize> {
+    if held.iter().any(|h| h.spec.objects.len() != 1) {
+        return None;
+    }
+    let sizes: Vec<Option<SizeClass>> = held
+        .iter()
+        .map(|h| read_objects(&h.image).first().map(|o| o.size))
+        .collect();
+    let of = |class: SizeClass| {
+        let hits: Vec<bool> = sizes
+            .iter()
+            .zip(scores)
+            .filter(|(s, _)| **s == Some(class))
+            .map(|(_, sc)| sc.shape)
+            .collect();
+        let n = hits.len();
+        (n, (n > 0).then(|| frac(hits.into_iter())))
+    };
+    let ((small_images, small), (large_images, large)) =
+        (of(SizeClass::Small), of(SizeClass::Large));
+    Some(ShapeBySize {
+        small_images,
+        small,
+        large_images,
+        large,
+    })
+}
+
+/// The frozen CLIP as a zero-shot classifier of real held-out images: each image's caption with
+/// its colour word replaced by every palette colour (its shape word by every shape), and how
+/// often the true word gives the caption embedding nearest the image embedding. High accuracy
+/// means the embeddings carry the attribute the decoder is asked to draw.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClipZeroShot {
+    pub images: usize,
+    pub color: f64,
+    pub shape: f64,
 }
 
 /// One point of the guidance sweep.
@@ -164,7 +224,8 @@ pub struct SweepPoint {
 }
 
 /// The decoder alone, conditioned on CLIP image embeddings of real held-out images (and their
-/// captions): how often the object comes out in the real image's colour.
+/// captions): how often the object comes out in the real image's colour (and shape: what the
+/// decoder draws from a true image embedding, without the prior in between).
 #[derive(Debug, Clone, Serialize)]
 pub struct DecoderColors {
     pub images: usize,
@@ -175,6 +236,9 @@ pub struct DecoderColors {
     /// Guidance 3 with each image embedding replaced by one of another colour (the caption
     /// kept): the colour should follow the embedding, so this should be low.
     pub shuffled: f64,
+    /// Shape accuracy of the guidance-1 and guidance-3 samples.
+    pub shape_guidance_1: f64,
+    pub shape_guidance_3: f64,
 }
 
 /// Everything `unclip eval` reports.
@@ -188,6 +252,7 @@ pub struct EvalReport {
     pub pairs: SetScores,
     pub holdout: SetScores,
     pub decoder_colors: DecoderColors,
+    pub clip_zero_shot: ClipZeroShot,
     pub sweep: Vec<SweepPoint>,
     pub files: Vec<PathBuf>,
 }
@@ -281,6 +346,7 @@ impl<B: AutodiffBackend> Pipeline<B> {
             shape: frac(scores.iter().map(|s| s.shape)),
             position: (!positions.is_empty()).then(|| frac(positions.into_iter())),
             binding: (!binding.is_empty()).then(|| frac(binding.into_iter())),
+            shape_by_size: shape_by_size(held, &scores),
             clip_score: mean(self.clip_scores(images, &captions)?.into_iter()),
             cmmd: cmmd(
                 &self.clip_embeddings(images)?,
@@ -365,7 +431,8 @@ fn decoder_colors<B: AutodiffBackend>(
         .iter()
         .flat_map(|&j| z[j * d..(j + 1) * d].to_vec())
         .collect();
-    let accuracy = |embeds: Vec<f32>, g: f64| -> Result<f64, InferError> {
+    // (colour, shape) accuracy of the decoder's samples from `embeds` at guidance `g`.
+    let accuracy = |embeds: Vec<f32>, g: f64| -> Result<(f64, f64), InferError> {
         let t = burn::tensor::Tensor::from_data(
             burn::tensor::TensorData::new(embeds, [n, d]),
             &p.device,
@@ -380,18 +447,69 @@ fn decoder_colors<B: AutodiffBackend>(
             ..Default::default()
         };
         let images = p.decode(t, Some(&captions), &opts)?;
-        Ok(frac(
-            held.iter()
-                .zip(images.images())
-                .map(|(h, img)| score(img, &h.spec).color),
+        let scores: Vec<ImageScore> = held
+            .iter()
+            .zip(images.images())
+            .map(|(h, img)| score(img, &h.spec))
+            .collect();
+        Ok((
+            frac(scores.iter().map(|s| s.color)),
+            frac(scores.iter().map(|s| s.shape)),
         ))
     };
+    let (guidance_1, shape_guidance_1) = accuracy(z.clone(), 1.0)?;
+    let (guidance_3, shape_guidance_3) = accuracy(z, 3.0)?;
     Ok(DecoderColors {
         images: n,
         colors,
-        guidance_1: accuracy(z.clone(), 1.0)?,
-        guidance_3: accuracy(z, 3.0)?,
-        shuffled: accuracy(shuffled, 3.0)?,
+        guidance_1,
+        guidance_3,
+        shuffled: accuracy(shuffled, 3.0)?.0,
+        shape_guidance_1,
+        shape_guidance_3,
+    })
+}
+
+fn clip_zero_shot<B: AutodiffBackend>(
+    p: &Pipeline<B>,
+    held: &[Held],
+) -> Result<ClipZeroShot, InferError> {
+    let d = p.dims.embed_dim;
+    let (mut color, mut shape) = (Vec::new(), Vec::new());
+    for chunk in held.chunks(EVAL_BATCH) {
+        let real: Vec<RgbImage> = chunk.iter().map(|h| h.image.clone()).collect();
+        let zi = crate::values(p.embed_images(&real)?)?;
+        for (h, a) in chunk.iter().zip(zi.chunks(d)) {
+            let want = h.spec.objects[0];
+            // Is the true word the nearest of its alternatives, the rest of the caption kept?
+            let nearest = |word: &str, options: Vec<&str>| -> Result<bool, InferError> {
+                let captions: Vec<String> = options
+                    .iter()
+                    .map(|o| h.caption.replacen(word, o, 1))
+                    .collect();
+                let zt = crate::values(p.encode_text(&captions)?.embed)?;
+                let sim = |t: &[f32]| a.iter().zip(t).map(|(x, y)| x * y).sum::<f32>();
+                let best = zt
+                    .chunks(d)
+                    .enumerate()
+                    .max_by(|(_, x), (_, y)| sim(x).total_cmp(&sim(y)))
+                    .map_or(0, |(k, _)| k);
+                Ok(options[best] == word)
+            };
+            color.push(nearest(
+                want.color.name(),
+                Color::ALL.iter().map(|c| c.name()).collect(),
+            )?);
+            shape.push(nearest(
+                want.shape.name(),
+                Shape::ALL.iter().map(|s| s.name()).collect(),
+            )?);
+        }
+    }
+    Ok(ClipZeroShot {
+        images: held.len(),
+        color: frac(color.into_iter()),
+        shape: frac(shape.into_iter()),
     })
 }
 
@@ -565,6 +683,7 @@ pub fn evaluate<B: AutodiffBackend>(
     let holdout_scores = run_set(&holdout, "holdout")?;
     let colour_set = by_color(&single, o.per_color);
     let decoder_colors = decoder_colors(p, &colour_set, o.seed)?;
+    let clip_zero_shot = clip_zero_shot(p, &single)?;
     bar.inc(1);
     let mut sweep = Vec::new();
     let sweep_held = &single[..single.len().min(o.sweep_captions)];
@@ -618,6 +737,7 @@ pub fn evaluate<B: AutodiffBackend>(
         pairs: pair_scores,
         holdout: holdout_scores,
         decoder_colors,
+        clip_zero_shot,
         sweep,
         files,
     };
@@ -664,18 +784,43 @@ fn write_report(r: &EvalReport, out: &Path) -> Result<(), InferError> {
          cosine of image and caption embeddings (frozen CLIP). CMMD: MMD² ×1000 between CLIP \
          embeddings of generated and real images (Gaussian kernel, σ = 0.5).\n\n",
     );
+    if let Some(b) = &r.single.shape_by_size {
+        md.push_str(&format!(
+            "Shape accuracy on held-out single-object captions by the size of the real image's \
+             object: small {} ({} images), large {} ({} images).\n\n",
+            opt_pct(b.small),
+            b.small_images,
+            opt_pct(b.large),
+            b.large_images
+        ));
+    }
     md.push_str("Grids (real | generated): `single.png`, `pairs.png`, `holdout.png`.\n\n");
     let dc = &r.decoder_colors;
     md.push_str(&format!(
         "## The decoder follows the image embedding\n\nThe decoder alone, conditioned on the CLIP \
          embeddings of {} real held-out images ({} colours) and their captions: the object has \
          the real image's colour in {} of the samples at guidance 1, {} at guidance 3, and {} \
-         at guidance 3 when each embedding is swapped for one of another colour.\n\n",
+         at guidance 3 when each embedding is swapped for one of another colour. The object \
+         has the real image's shape in {} at guidance 1 and {} at guidance 3: what the decoder \
+         draws from a true image embedding, with no prior in between.\n\n",
         dc.images,
         dc.colors,
         pct(dc.guidance_1),
         pct(dc.guidance_3),
-        pct(dc.shuffled)
+        pct(dc.shuffled),
+        pct(dc.shape_guidance_1),
+        pct(dc.shape_guidance_3)
+    ));
+    let zs = &r.clip_zero_shot;
+    md.push_str(&format!(
+        "The frozen CLIP as a zero-shot classifier of {} real held-out single-object images \
+         (each image's caption with its colour word replaced by every palette colour, or its \
+         shape word by every shape; right when the true word's caption is nearest the image \
+         embedding): colour {}, shape {} — how much of each attribute the embeddings \
+         carry.\n\n",
+        zs.images,
+        pct(zs.color),
+        pct(zs.shape)
     ));
     md.push_str("## Guidance sweep\n\n![sweep](guidance_sweep.png)\n\n");
     md.push_str(
@@ -724,6 +869,82 @@ mod tests {
         assert_eq!(diversity(&[img.clone(), img.clone()]), 0.0);
         let other = RgbImage::from_pixel(4, 4, image::Rgb([255, 20, 30]));
         assert!(diversity(&[img, other]) > 0.5);
+    }
+
+    #[test]
+    fn read_split_takes_up_to_its_limit_and_none_for_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let png = |c: u8| {
+            let mut bytes = Vec::new();
+            RgbImage::from_pixel(8, 8, image::Rgb([c, c, c]))
+                .write_to(
+                    &mut std::io::Cursor::new(&mut bytes),
+                    image::ImageFormat::Png,
+                )
+                .unwrap();
+            bytes
+        };
+        let members: Vec<(String, Vec<u8>)> = (0..3u8)
+            .flat_map(|i| {
+                [
+                    (format!("{i:03}.txt"), b"a red square".to_vec()),
+                    (format!("{i:03}.png"), png(i)),
+                ]
+            })
+            .collect();
+        unclip_data_tools::shard_writer::write_shard(&dir.path().join("00000.tar"), &members)
+            .unwrap();
+        let n = |limit: usize| read_split(dir.path(), limit, |_| true).unwrap().len();
+        assert_eq!((n(0), n(1), n(2), n(10)), (0, 1, 2, 3));
+        assert_eq!(
+            read_split(dir.path(), 10, |s| s.objects.len() == 2)
+                .unwrap()
+                .len(),
+            0
+        );
+    }
+
+    #[test]
+    fn shape_by_size_splits_by_the_real_objects_size() {
+        use unclip_data_tools::shapes::render::render_scene;
+        use unclip_data_tools::shapes::{Position, Scene, SceneObject};
+        let held = |size: SizeClass, d: f64| {
+            let scene = Scene {
+                size: 64,
+                background_rgb: [60, 60, 60],
+                objects: vec![SceneObject {
+                    shape: Shape::Square,
+                    color: Color::Red,
+                    color_rgb: Color::Red.rgb(),
+                    size,
+                    size_px: d,
+                    center_x: 32.0,
+                    center_y: 32.0,
+                    position: Position::Center,
+                }],
+                relation: None,
+            };
+            Held {
+                caption: "a red square".into(),
+                spec: parse_caption("a red square").unwrap(),
+                image: render_scene(&scene, None),
+            }
+        };
+        let (small, large) = (held(SizeClass::Small, 13.0), held(SizeClass::Large, 27.0));
+        let hit = |shape: bool| ImageScore {
+            shape,
+            ..ImageScore::default()
+        };
+        let set = [small.clone(), large.clone(), large.clone(), small];
+        let scores = [hit(true), hit(false), hit(true), hit(true)];
+        let b = shape_by_size(&set, &scores).unwrap();
+        assert_eq!((b.small_images, b.small), (2, Some(1.0)));
+        assert_eq!((b.large_images, b.large), (2, Some(0.5)));
+        let b = shape_by_size(&[large], &[hit(true)]).unwrap();
+        assert_eq!((b.small_images, b.small, b.large), (0, None, Some(1.0)));
+        let mut pair = held(SizeClass::Large, 27.0);
+        pair.spec = parse_caption("a red square above a blue circle").unwrap();
+        assert!(shape_by_size(&[pair], &[hit(true)]).is_none());
     }
 
     #[test]

@@ -4,16 +4,15 @@
 //! caption-length and image-size statistics, and draws a contact sheet of the first K samples
 //! with their captions. `--json` prints one machine-readable object.
 
-use crate::progress::progress_bar;
 use anyhow::Context;
 use image::{Rgb, RgbImage};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use unclip_data::transform::{
-    to_chw_unit, DecodedSample, Example, Field, SampleContext, TransformError,
-};
+use unclip_data::pixels::to_chw_unit;
+use unclip_data::progress::progress_bar;
+use unclip_data::transform::{DecodedSample, Example, Field, SampleContext, TransformError};
 use unclip_data::{CaptionSource, Loader, LoaderConfig, LoaderSummary, Partition, SampleTransform};
 
 #[derive(Debug, Clone, clap::Args)]

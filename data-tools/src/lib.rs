@@ -4,18 +4,18 @@
 //! [`synth`] renders the *shapes world*, a seeded synthetic image–caption dataset whose every
 //! caption word can be checked against the pixels (tests, the demo, evaluation); [`pack`] turns a
 //! folder or CSV of images and captions into img2dataset-compatible shards; both write through
-//! [`ShardWriter`]. Reading shards back for training lives in `unclip-data`, not here. Every
-//! random choice comes from `unclip-rng` keyed by (seed, sample index), and every file is written
-//! atomically through `unclip-fs`.
+//! [`ShardWriter`]; [`inspect`] counts and draws what a set of shards holds; [`shapes`] is the
+//! shapes world's vocabulary, scenes, captions and renderer (its pixel scorer is evaluation's,
+//! in `unclip-eval`). Reading shards back for training lives in `unclip-data`, embedding them in
+//! `unclip-embed`, not here. Every random choice comes from `unclip-rng` keyed by (seed, sample
+//! index), and every file is written atomically through `unclip-fs`.
+//!
+//! Place in the pipeline (data → embed → models → train / infer → eval → cli): before **data**:
+//! it makes the shards.
 
-pub mod clip_embedder;
-pub mod embed;
 pub mod encode;
-pub mod import;
 pub mod inspect;
 pub mod pack;
-mod parallel;
-pub mod progress;
 pub mod shapes;
 pub mod shard_writer;
 pub mod synth;
@@ -23,7 +23,7 @@ pub mod synth;
 pub use encode::ImageFormat;
 pub use inspect::{inspect, InspectOptions, InspectReport};
 pub use pack::{pack, PackOptions, PackReport, ResizeMode};
-pub use shard_writer::{read_shard, shard_key, write_shard, ShardSummary, ShardWriter};
+pub use shard_writer::{read_members, shard_key, write_shard, ShardSummary, ShardWriter};
 pub use synth::{synth, SynthOptions, SynthReport};
 
 #[cfg(test)]

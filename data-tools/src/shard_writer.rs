@@ -220,7 +220,7 @@ fn append_member<W: std::io::Write>(
 }
 
 /// Write `members` (`(path, bytes)`, in order) as a tar file, atomically — the inverse of
-/// [`read_shard`] (for repairing or editing shards, and tests).
+/// [`read_members`] (for repairing or editing shards, and tests).
 pub fn write_shard(path: &Path, members: &[(String, Vec<u8>)]) -> io::Result<()> {
     let mut builder = tar::Builder::new(AtomicFile::create(path)?);
     for (name, bytes) in members {
@@ -230,7 +230,7 @@ pub fn write_shard(path: &Path, members: &[(String, Vec<u8>)]) -> io::Result<()>
 }
 
 /// Every member of a tar shard as `(path, bytes)`, in file order (for inspection and tests).
-pub fn read_shard(path: &Path) -> io::Result<Vec<(String, Vec<u8>)>> {
+pub fn read_members(path: &Path) -> io::Result<Vec<(String, Vec<u8>)>> {
     let mut archive = tar::Archive::new(File::open(path)?);
     let mut members = Vec::new();
     for entry in archive.entries()? {
@@ -290,7 +290,7 @@ mod tests {
         assert_eq!(shards[1].skipped["missing_caption"], 1);
         assert_eq!(shards[2].skipped[FAILED_TO_DECODE], 1);
 
-        let members = read_shard(&dir.path().join("00001.tar")).unwrap();
+        let members = read_members(&dir.path().join("00001.tar")).unwrap();
         let names: Vec<&str> = members.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(
             names,
@@ -354,7 +354,7 @@ mod tests {
         let shards = w.finish().unwrap();
         assert_eq!(shards.len(), 1);
         assert_eq!(shards[0].samples, 0);
-        assert!(read_shard(&shards[0].path).unwrap().is_empty());
+        assert!(read_members(&shards[0].path).unwrap().is_empty());
 
         let empty = ShardWriter::new(dir.path().join("none"), 4).unwrap();
         assert!(empty.finish().unwrap().is_empty());

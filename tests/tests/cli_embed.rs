@@ -122,7 +122,7 @@ fn embed_writes_rows_that_are_each_samples_own_clip_embedding() {
     let model = unclip_clip::Clip::<Flex>::load_hf_dir(&clip, &device).unwrap();
     let tok =
         unclip_clip::ClipTokenizer::from_file(Path::new(&clip).join("tokenizer.json")).unwrap();
-    let members = unclip_data_tools::read_shard(&list[1]).unwrap();
+    let members = unclip_data_tools::read_members(&list[1]).unwrap();
     for row in [0, 17, e.len() - 1] {
         let key = &e.keys[row];
         let png = &members
@@ -295,7 +295,7 @@ fn the_loader_joins_stored_embeddings_to_samples_by_key() {
     let shards = synth(dir.path(), "60", "100");
     // Add a sample whose caption is empty: `unclip embed` records it as missing.
     let shard = Path::new(&shards).join("00000.tar");
-    let mut members = unclip_data_tools::read_shard(&shard).unwrap();
+    let mut members = unclip_data_tools::read_members(&shard).unwrap();
     let png = members[0].1.clone();
     members.push(("zz-nocaption.png".into(), png));
     members.push(("zz-nocaption.txt".into(), Vec::new()));

@@ -236,7 +236,7 @@ mod report {
     /// Writes the first PNG of the first shard in `val` to `out`.
     pub fn first_val_png(val: &Path, out: &Path) {
         let shard = val.join("00000.tar");
-        let members = unclip_data_tools::shard_writer::read_shard(&shard).expect("shard");
+        let members = unclip_data_tools::read_members(&shard).expect("shard");
         let (_, bytes) = members
             .iter()
             .find(|(name, _)| name.ends_with(".png"))

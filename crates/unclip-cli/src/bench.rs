@@ -105,7 +105,7 @@ fn data(b: DataBench) -> anyhow::Result<()> {
     let device = Default::default();
     // The count only sizes the progress bar (a header scan); it is not timed.
     let total = unclip_data::count_samples(&unclip_data::spec::resolve(&b.shards)?, b.workers);
-    let bar = unclip_data_tools::progress::progress_bar(total * b.passes, "bench data");
+    let bar = unclip_data::progress::progress_bar(total * b.passes, "bench data");
     let start = Instant::now();
     let mut loader = Loader::new(config, Partition::SINGLE, transform, None)?;
     let mut checksum = 0f64;
@@ -138,8 +138,8 @@ fn data(b: DataBench) -> anyhow::Result<()> {
 }
 
 fn embed(b: EmbedBench) -> anyhow::Result<()> {
-    use unclip_data_tools::clip_embedder::{ClipEmbedder, ClipPreprocess};
-    use unclip_data_tools::embed::Embedder;
+    use unclip_embed::clip_embedder::{ClipEmbedder, ClipPreprocess};
+    use unclip_embed::Embedder;
     // Model loading is not timed (as on the peer's side).
     let embedder = ClipEmbedder::load(&b.clip)?;
     let image_size = embedder.image_size();
@@ -150,7 +150,7 @@ fn embed(b: EmbedBench) -> anyhow::Result<()> {
     config.epochs = Some(1);
     config.require_caption = true;
     let total = unclip_data::count_samples(&unclip_data::spec::resolve(&b.shards)?, b.workers);
-    let bar = unclip_data_tools::progress::progress_bar(total, "bench embed (images)");
+    let bar = unclip_data::progress::progress_bar(total, "bench embed (images)");
     let start = Instant::now();
     let mut loader = Loader::new(
         config,

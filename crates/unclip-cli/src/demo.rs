@@ -328,26 +328,26 @@ impl Demo<'_> {
     }
 
     fn eval(&self) -> anyhow::Result<Value> {
-        type B = burn::backend::Autodiff<burn::backend::Flex>;
+        type B = burn::backend::Flex;
         let pipeline = self.dir.join("pipeline");
         let p = unclip_infer::Pipeline::<B>::load(&pipeline, &Default::default())?;
-        let opts = unclip_infer::eval::EvalOptions::new(
+        let opts = unclip_eval::EvalOptions::new(
             self.dir.join("data"),
             self.dir.join("report"),
             self.quick,
         );
-        let report = unclip_infer::eval::evaluate(&p, &opts)?;
+        let report = unclip_eval::evaluate(&p, &opts)?;
         Ok(serde_json::to_value(report)?)
     }
 
     fn embed(&self) -> anyhow::Result<Value> {
         let clip = self.dir.join("clip");
-        let embedder = unclip_data_tools::clip_embedder::ClipEmbedder::load(&clip)
+        let embedder = unclip_embed::ClipEmbedder::load(&clip)
             .with_context(|| format!("loading CLIP from {}", clip.display()))?;
         let mut reports = serde_json::Map::new();
         for split in ["train", "val", "holdout"] {
             eprintln!("demo: embedding {split}");
-            let job = unclip_data_tools::embed::EmbedJob {
+            let job = unclip_embed::EmbedJob {
                 shards: self.data(split).display().to_string(),
                 out: self.dir.join("embeddings").join(split),
                 batch_size: 256,
@@ -356,7 +356,7 @@ impl Demo<'_> {
                 caption_json_field: None,
                 max_pixels: unclip_data::decode::DEFAULT_MAX_PIXELS,
             };
-            let report = unclip_data_tools::embed::embed(&job, &embedder)?;
+            let report = unclip_embed::embed(&job, &embedder)?;
             reports.insert(split.into(), serde_json::to_value(report)?);
         }
         Ok(Value::Object(reports))

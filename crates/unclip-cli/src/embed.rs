@@ -4,7 +4,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde::Deserialize;
 use std::path::PathBuf;
-use unclip_data_tools::embed::{embed, EmbedJob};
+use unclip_embed::{embed, EmbedJob};
 
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -19,7 +19,7 @@ pub struct EmbedCommand {
 enum EmbedSub {
     /// Import clip-retrieval output (img_emb/, text_emb/, metadata/) as an embedding store,
     /// without re-embedding; with --shards, rows are joined to the shards by key.
-    ImportClipRetrieval(unclip_data_tools::import::ImportOptions),
+    ImportClipRetrieval(unclip_embed::ImportOptions),
 }
 
 /// Flags of `unclip embed`; each may instead come from `--config FILE` (same names, YAML).
@@ -78,7 +78,7 @@ struct EmbedConfig {
 pub fn run(cmd: EmbedCommand) -> anyhow::Result<()> {
     match cmd.sub {
         Some(EmbedSub::ImportClipRetrieval(o)) => {
-            crate::print_json(&unclip_data_tools::import::import_clip_retrieval(&o)?)
+            crate::print_json(&unclip_embed::import_clip_retrieval(&o)?)
         }
         None => run_embed(cmd.run),
     }
@@ -111,7 +111,7 @@ fn run_embed(a: EmbedArgs) -> anyhow::Result<()> {
         caption_json_field: c.caption_json_field,
         max_pixels: unclip_data::decode::DEFAULT_MAX_PIXELS,
     };
-    let embedder = unclip_data_tools::clip_embedder::ClipEmbedder::load(&clip)
+    let embedder = unclip_embed::ClipEmbedder::load(&clip)
         .with_context(|| format!("loading CLIP from {}", clip.display()))?;
     let report = embed(&job, &embedder)?;
     crate::print_json(&report)

@@ -1,6 +1,11 @@
-//! The `unclip` command line: one binary whose subcommands cover the pipeline (data now;
-//! embedding, training, export and sampling as those stages land). This crate only parses
-//! arguments, wires the library crates together and reports errors; it holds no pipeline logic.
+//! The `unclip` command line: one binary whose subcommands cover the whole pipeline — datasets
+//! (`data`), CLIP embeddings (`clip`, `embed`), training and export (`train`, `export`),
+//! pipeline folders, sampling and evaluation (`pipeline`, `sample`, `eval`), benchmarks and the
+//! demo. This crate only parses arguments, wires the library crates together and reports errors;
+//! it holds no pipeline logic.
+//!
+//! Place in the pipeline (data → embed → models → train / infer → eval → cli): **cli**, the
+//! top.
 
 mod bench;
 mod clip;
@@ -47,8 +52,8 @@ enum Command {
     /// Benchmarks; each prints one JSON line.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
-    /// The whole job on built-in data: shapes world → CLIP → embeddings → prior (re-running
-    /// resumes).
+    /// The whole job on built-in data: shapes world → CLIP → embeddings → prior → decoder →
+    /// upsampler → pipeline folder → evaluation report (re-running resumes).
     Demo(demo::DemoArgs),
     /// Pipeline folders: assemble exports into one (see docs/inference.md).
     #[command(subcommand)]

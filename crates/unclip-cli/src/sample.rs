@@ -7,7 +7,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use unclip_infer::{grid, save_png, AssembleOptions, GenerateOptions, Pipeline, StageOverrides};
 
-type B = burn::backend::Autodiff<burn::backend::Flex>;
+type B = burn::backend::Flex;
 
 #[derive(Debug, Subcommand)]
 pub enum PipelineCommand {
@@ -223,7 +223,7 @@ pub fn run_eval(a: EvalArgs) -> anyhow::Result<()> {
     let device = Default::default();
     let p = Pipeline::<B>::load(&a.pipeline, &device)
         .with_context(|| format!("loading the pipeline {}", a.pipeline.display()))?;
-    let mut o = unclip_infer::eval::EvalOptions::new(a.data, a.out, a.quick);
+    let mut o = unclip_eval::EvalOptions::new(a.data, a.out, a.quick);
     o.seed = a.seed;
     o.captions = a.captions.unwrap_or(o.captions);
     o.pairs = a.pairs.unwrap_or(o.pairs);
@@ -232,7 +232,7 @@ pub fn run_eval(a: EvalArgs) -> anyhow::Result<()> {
     if let Some(Scales(s)) = a.sweep_scales {
         o.sweep_scales = s;
     }
-    let report = unclip_infer::eval::evaluate(&p, &o)?;
+    let report = unclip_eval::evaluate(&p, &o)?;
     crate::print_json(&report)
 }
 

@@ -1,8 +1,9 @@
 //! The pre-LayerNorm transformer both CLIP towers share: attention, MLP, residual blocks, and
-//! the host ↔ burn conversions for the parameters they hold.
+//! the host ↔ burn conversions for the parameters they hold (Linear and LayerNorm through the
+//! shared PyTorch layout module, `unclip-layout`).
 
 use burn::module::{Module, Param};
-use burn::nn::{Embedding, LayerNorm, LayerNormConfig, Linear};
+use burn::nn::{Embedding, LayerNorm, Linear};
 use burn::tensor::activation::{gelu, sigmoid, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Tensor, TensorData};
@@ -16,42 +17,43 @@ pub(crate) fn to_burn<B: Backend, const D: usize>(
     t: HostTensor,
     device: &B::Device,
 ) -> Tensor<B, D> {
-    Tensor::from_data(TensorData::new(t.data, t.shape), device)
+    Tensor::from_data(torch(t), device)
 }
 
 /// A burn tensor back on the host as f32.
 pub(crate) fn to_host<B: Backend, const D: usize>(t: Tensor<B, D>) -> HostTensor {
-    let shape = t.dims().to_vec();
-    let data = t
-        .into_data()
-        .convert::<f32>()
-        .into_vec::<f32>()
-        .expect("converted tensor data is f32");
-    HostTensor::new(shape, data)
+    host(unclip_layout::to_host(t))
 }
 
-/// A Linear from PyTorch-layout (`[out, in]`) weights; burn stores `[in, out]`.
+fn torch(t: HostTensor) -> TensorData {
+    TensorData::new(t.data, t.shape)
+}
+
+fn host(t: TensorData) -> HostTensor {
+    let shape = t.shape.to_vec();
+    HostTensor::new(
+        shape,
+        t.into_vec::<f32>().expect("converted tensor data is f32"),
+    )
+}
+
+/// A Linear from PyTorch-layout (`[out, in]`) weights (the shared layout conversion).
 pub(crate) fn linear_from<B: Backend>(
     map: &mut WeightMap,
     prefix: &str,
     bias: bool,
     device: &B::Device,
 ) -> Linear<B> {
-    let weight = take(map, &format!("{prefix}.weight")).transposed();
-    Linear {
-        weight: Param::from_tensor(to_burn(weight, device)),
-        bias: bias
-            .then(|| Param::from_tensor(to_burn(take(map, &format!("{prefix}.bias")), device))),
-    }
+    let weight = torch(take(map, &format!("{prefix}.weight")));
+    let bias = bias.then(|| torch(take(map, &format!("{prefix}.bias"))));
+    unclip_layout::linear_from_torch(weight, bias, device)
 }
 
 pub(crate) fn linear_into<B: Backend>(linear: &Linear<B>, prefix: &str, out: &mut WeightMap) {
-    out.insert(
-        format!("{prefix}.weight"),
-        to_host(linear.weight.val()).transposed(),
-    );
-    if let Some(bias) = &linear.bias {
-        out.insert(format!("{prefix}.bias"), to_host(bias.val()));
+    let (weight, bias) = unclip_layout::linear_to_torch(linear);
+    out.insert(format!("{prefix}.weight"), host(weight));
+    if let Some(bias) = bias {
+        out.insert(format!("{prefix}.bias"), host(bias));
     }
 }
 
@@ -61,22 +63,16 @@ pub(crate) fn layer_norm_from<B: Backend>(
     eps: f64,
     device: &B::Device,
 ) -> LayerNorm<B> {
-    let gamma = take(map, &format!("{prefix}.weight"));
-    let mut norm = LayerNormConfig::new(gamma.data.len())
-        .with_epsilon(eps)
-        .init(device);
-    norm.gamma = Param::from_tensor(to_burn(gamma, device));
-    norm.beta = Some(Param::from_tensor(to_burn(
-        take(map, &format!("{prefix}.bias")),
-        device,
-    )));
-    norm
+    let weight = torch(take(map, &format!("{prefix}.weight")));
+    let bias = torch(take(map, &format!("{prefix}.bias")));
+    unclip_layout::layer_norm_from_torch(weight, Some(bias), eps, device)
 }
 
 pub(crate) fn layer_norm_into<B: Backend>(norm: &LayerNorm<B>, prefix: &str, out: &mut WeightMap) {
-    out.insert(format!("{prefix}.weight"), to_host(norm.gamma.val()));
-    if let Some(beta) = &norm.beta {
-        out.insert(format!("{prefix}.bias"), to_host(beta.val()));
+    let (weight, bias) = unclip_layout::layer_norm_to_torch(norm);
+    out.insert(format!("{prefix}.weight"), host(weight));
+    if let Some(bias) = bias {
+        out.insert(format!("{prefix}.bias"), host(bias));
     }
 }
 

@@ -7,6 +7,9 @@
 //! of runs, or the CLI; the embedding store and `unclip embed` live elsewhere and call
 //! [`Clip::encode_image`] / [`Clip::encode_text`]. Randomness (seeded init) comes from
 //! `unclip_rng`, never burn's global RNG.
+//!
+//! Place in the pipeline (data → embed → models → train / infer → eval → cli): the frozen model
+//! of **embed** (and the text encoder of inference).
 
 mod clean;
 mod config;

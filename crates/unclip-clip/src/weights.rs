@@ -50,12 +50,7 @@ impl HostTensor {
 pub type WeightMap = BTreeMap<String, HostTensor>;
 
 /// The floating-point type tensors are stored with on disk.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StoreDtype {
-    F32,
-    F16,
-    Bf16,
-}
+pub use unclip_layout::FloatDtype as StoreDtype;
 
 /// Read every tensor of a safetensors file as f32.
 pub fn read_safetensors(path: impl AsRef<Path>) -> Result<WeightMap, ClipError> {
@@ -71,27 +66,12 @@ pub fn read_safetensors(path: impl AsRef<Path>) -> Result<WeightMap, ClipError> 
     })?;
     let mut map = WeightMap::new();
     for (name, view) in st.iter() {
-        let raw = view.data();
-        let data: Vec<f32> = match view.dtype() {
-            Dtype::F32 => raw
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            Dtype::F16 => raw
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => raw
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            other => {
-                return Err(ClipError::Dtype {
-                    path: shown,
-                    key: name.to_string(),
-                    dtype: format!("{other:?}"),
-                })
-            }
+        let Some(data) = StoreDtype::decode(view.dtype(), view.data()) else {
+            return Err(ClipError::Dtype {
+                path: shown,
+                key: name.to_string(),
+                dtype: format!("{:?}", view.dtype()),
+            });
         };
         map.insert(
             name.to_string(),
@@ -107,27 +87,8 @@ pub fn safetensors_bytes(map: &WeightMap, dtype: StoreDtype) -> Result<Vec<u8>, 
     let encoded: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)> = map
         .iter()
         .map(|(name, t)| {
-            let (dt, bytes): (Dtype, Vec<u8>) = match dtype {
-                StoreDtype::F32 => (
-                    Dtype::F32,
-                    t.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                ),
-                StoreDtype::F16 => (
-                    Dtype::F16,
-                    t.data
-                        .iter()
-                        .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
-                        .collect(),
-                ),
-                StoreDtype::Bf16 => (
-                    Dtype::BF16,
-                    t.data
-                        .iter()
-                        .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
-                        .collect(),
-                ),
-            };
-            (name.as_str(), dt, t.shape.clone(), bytes)
+            let bytes = dtype.encode(&t.data);
+            (name.as_str(), dtype.safetensors(), t.shape.clone(), bytes)
         })
         .collect();
     let mut views = Vec::with_capacity(encoded.len());

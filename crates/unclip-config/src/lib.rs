@@ -43,6 +43,9 @@
 //! containing `.`, `[` or `]`; values reached through an alias report the anchor's
 //! location; errors raised inside `#[serde(flatten)]` or untagged/internally tagged enums
 //! (which serde buffers) point at the enclosing mapping.
+//!
+//! Place in the pipeline (data → embed → models → train / infer → eval → cli): a leaf under
+//! every step that reads a config.
 
 use std::path::Path;
 
@@ -53,6 +56,7 @@ mod de;
 mod emit;
 mod error;
 mod load;
+mod number;
 mod overrides;
 mod tree;
 
@@ -60,6 +64,7 @@ mod tree;
 mod tests;
 
 pub use error::ConfigError;
+pub use number::{AtLeastOne, Fraction, Positive};
 
 /// A loaded config: the typed value and the merged config as YAML text.
 #[derive(Debug, Clone, PartialEq)]

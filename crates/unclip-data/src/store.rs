@@ -257,7 +257,7 @@ fn parse_header(path: &Path, meta: &HashMap<String, String>) -> Result<ShardHead
 }
 
 /// Read only a shard file's header (keys, missing samples, sums).
-pub fn read_shard_header(path: &Path) -> Result<ShardHeader, StoreError> {
+pub fn read_embeddings_header(path: &Path) -> Result<ShardHeader, StoreError> {
     let mut f = std::fs::File::open(path).map_err(io_err(path))?;
     let mut len = [0u8; 8];
     f.read_exact(&mut len).map_err(io_err(path))?;
@@ -287,13 +287,16 @@ pub fn read_shard_header(path: &Path) -> Result<ShardHeader, StoreError> {
 }
 
 /// Read a shard's embeddings.
-pub fn read_shard(path: &Path) -> Result<ShardEmbeddings, StoreError> {
-    read_shard_parts(path, true)
+pub fn read_embeddings(path: &Path) -> Result<ShardEmbeddings, StoreError> {
+    read_embeddings_parts(path, true)
 }
 
 /// Read a shard's embeddings, with its per-token text encodings only when `text_encodings`
 /// (they are most of the file: skipping them spares converting them to f32).
-pub fn read_shard_parts(path: &Path, text_encodings: bool) -> Result<ShardEmbeddings, StoreError> {
+pub fn read_embeddings_parts(
+    path: &Path,
+    text_encodings: bool,
+) -> Result<ShardEmbeddings, StoreError> {
     let bytes = std::fs::read(path).map_err(io_err(path))?;
     let bad = |what: String| StoreError::Format {
         path: path.to_path_buf(),
@@ -448,7 +451,7 @@ impl Manifest {
     pub fn aggregate_stats(&mut self, dir: &Path) -> Result<(), StoreError> {
         let (mut n, mut sum, mut sumsq) = (0u64, Vec::<f64>::new(), Vec::<f64>::new());
         for e in self.shards.iter().filter(|e| e.complete) {
-            let h = read_shard_header(&dir.join(&e.file))?;
+            let h = read_embeddings_header(&dir.join(&e.file))?;
             if sum.is_empty() {
                 sum = vec![0.0; h.image_embed_sum.len()];
                 sumsq = vec![0.0; h.image_embed_sum.len()];
@@ -515,7 +518,7 @@ impl EmbeddingStore {
     }
 
     pub fn load_shard(&self, shard: &Path) -> Result<ShardEmbeddings, StoreError> {
-        read_shard(&self.file_for(shard)?)
+        read_embeddings(&self.file_for(shard)?)
     }
 
     /// [`Self::load_shard`], leaving out the per-token text encodings unless `text_encodings`.
@@ -524,7 +527,7 @@ impl EmbeddingStore {
         shard: &Path,
         text_encodings: bool,
     ) -> Result<ShardEmbeddings, StoreError> {
-        read_shard_parts(&self.file_for(shard)?, text_encodings)
+        read_embeddings_parts(&self.file_for(shard)?, text_encodings)
     }
 
     /// Before training: every shard has complete embeddings whose keys are the shard's own,
@@ -532,7 +535,7 @@ impl EmbeddingStore {
     /// the first key that differs.
     pub fn check_shards(&self, shards: &[PathBuf]) -> Result<(), StoreError> {
         for shard in shards {
-            let header = read_shard_header(&self.file_for(shard)?)?;
+            let header = read_embeddings_header(&self.file_for(shard)?)?;
             let mut tar_keys = Vec::new();
             crate::shard::read_shard(shard, 0, &mut |item| {
                 if let crate::shard::ShardItem::Sample(s) = item {

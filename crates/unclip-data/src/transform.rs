@@ -11,6 +11,8 @@ use crate::decode::{decode_rgb, DecodeError};
 use fast_image_resize::images::{Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use image::RgbImage;
+
+use crate::pixels::to_chw_unit;
 use serde::{Deserialize, Serialize};
 use unclip_rng::KeyedRng;
 
@@ -149,21 +151,6 @@ pub fn resize_rgb(img: &RgbImage, width: u32, height: u32) -> RgbImage {
     }
     resize_crop(img, (width, height), (0, 0), (width, height))
         .expect("resizing a valid RGB buffer to a non-empty size cannot fail")
-}
-
-/// 8-bit HWC RGB → f32 CHW in [-1, 1] (`x / 127.5 - 1`), appended to `out`.
-pub fn to_chw_unit(img: &RgbImage, out: &mut Vec<f32>) {
-    let (w, h) = img.dimensions();
-    let n = (w * h) as usize;
-    let base = out.len();
-    out.resize(base + 3 * n, 0.0);
-    let (r, rest) = out[base..].split_at_mut(n);
-    let (g, b) = rest.split_at_mut(n);
-    for (i, px) in img.as_raw().chunks_exact(3).enumerate() {
-        r[i] = px[0] as f32 * (1.0 / 127.5) - 1.0;
-        g[i] = px[1] as f32 * (1.0 / 127.5) - 1.0;
-        b[i] = px[2] as f32 * (1.0 / 127.5) - 1.0;
-    }
 }
 
 /// A decoded sample handed to a transform.
@@ -343,25 +330,5 @@ mod tests {
             })
             .collect();
         assert!(distinct.len() > 10);
-    }
-
-    #[test]
-    fn chw_layout_and_range() {
-        let mut img = RgbImage::new(2, 1);
-        img.put_pixel(0, 0, image::Rgb([0, 255, 51]));
-        img.put_pixel(1, 0, image::Rgb([255, 0, 102]));
-        let mut v = Vec::new();
-        to_chw_unit(&img, &mut v);
-        let expect = [
-            -1.0,
-            1.0,
-            1.0,
-            -1.0,
-            51.0 / 127.5 - 1.0,
-            102.0 / 127.5 - 1.0,
-        ];
-        for (a, b) in v.iter().zip(expect) {
-            assert!((a - b).abs() < 1e-6);
-        }
     }
 }

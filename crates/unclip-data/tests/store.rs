@@ -47,7 +47,7 @@ fn shard_files_round_trip_at_f16_precision() {
         let e = embeddings(&["k0", "k1", "k2"], 4, 0.3, with_text);
         let path = dir.path().join("s.emb.safetensors");
         write_shard(&path, "s.tar", &e).unwrap();
-        let back = read_shard(&path).unwrap();
+        let back = read_embeddings(&path).unwrap();
         assert_eq!(back.keys, e.keys);
         assert_eq!(back.missing, e.missing);
         for (a, b) in back.image_embed.iter().zip(&e.image_embed) {
@@ -60,7 +60,7 @@ fn shard_files_round_trip_at_f16_precision() {
         }
         // Rewriting the stored values changes nothing (f16 is exact on them).
         write_shard(&path, "s.tar", &back).unwrap();
-        assert_eq!(read_shard(&path).unwrap(), back);
+        assert_eq!(read_embeddings(&path).unwrap(), back);
         assert_eq!(back.index()["k2"], 2);
     }
 }
@@ -74,7 +74,11 @@ fn mean_and_std_come_exactly_from_the_stored_values() {
         let e = embeddings(&keys, 4, s.len() as f32 + keys.len() as f32, false);
         let file = embedding_file_name(std::path::Path::new(s));
         write_shard(&dir.path().join(&file), s, &e).unwrap();
-        all.extend(read_shard(&dir.path().join(&file)).unwrap().image_embed);
+        all.extend(
+            read_embeddings(&dir.path().join(&file))
+                .unwrap()
+                .image_embed,
+        );
         m.record(ShardEntry {
             shard: s.into(),
             file,
@@ -178,15 +182,15 @@ fn foreign_or_corrupt_files_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("x.emb.safetensors");
     std::fs::write(&p, b"garbage").unwrap();
-    assert!(read_shard(&p).is_err());
-    assert!(read_shard_header(&p).is_err());
+    assert!(read_embeddings(&p).is_err());
+    assert!(read_embeddings_header(&p).is_err());
     let plain = safetensors::serialize(
         Vec::<(String, safetensors::tensor::TensorView)>::new(),
         None,
     )
     .unwrap();
     std::fs::write(&p, plain).unwrap();
-    let err = read_shard(&p).unwrap_err().to_string();
+    let err = read_embeddings(&p).unwrap_err().to_string();
     assert!(err.contains("format tag"), "{err}");
     assert!(Manifest::load(dir.path()).is_err());
 }
@@ -227,11 +231,11 @@ fn the_join_cache_loads_each_shard_of_a_small_store_once() {
         let e = embeddings(&["a", "b"], 4, i as f32, true);
         let file = embedding_file_name(std::path::Path::new(s));
         write_shard(&d.join(&file), s, &e).unwrap();
-        let parts = read_shard_parts(&d.join(&file), false).unwrap();
+        let parts = read_embeddings_parts(&d.join(&file), false).unwrap();
         assert!(parts.text_encodings.is_none());
         assert_eq!(
             parts.image_embed,
-            read_shard(&d.join(&file)).unwrap().image_embed
+            read_embeddings(&d.join(&file)).unwrap().image_embed
         );
         stored.push(parts);
         m.record(ShardEntry {

@@ -9,6 +9,9 @@
 //! imports a model (the network is a closure `model(x_t, t)`), never does I/O and has no
 //! randomness of its own: timesteps and noise come from the caller's seeded RNG.
 //! Options are documented under their config names in docs/diffusion.md.
+//!
+//! Place in the pipeline (data → embed → models → train / infer → eval → cli): beside
+//! **models**: the math their stages sample and train with.
 
 mod clip;
 mod config;

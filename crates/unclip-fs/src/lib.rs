@@ -1,9 +1,12 @@
-//! Atomic file writes, used for every file unclip produces.
+//! Atomic file writes, used for every file unclip produces (PNG images included).
 //!
 //! A file is written to a temporary sibling, flushed and fsynced, then renamed over the target
 //! and the directory fsynced. A reader (or a later run after a crash or a full disk) sees either
 //! the old complete file or the new complete file, never a partial one. Temporary files carry a
 //! `.tmp-` prefix so they are recognisable and never mistaken for data.
+//!
+//! Place in the pipeline (data → embed → models → train / infer → eval → cli): a leaf under
+//! every step that writes a file.
 
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
@@ -106,6 +109,14 @@ pub fn write_atomic(target: impl AsRef<Path>, bytes: &[u8]) -> io::Result<()> {
     let mut f = AtomicFile::create(target)?;
     f.write_all(bytes)?;
     f.commit()
+}
+
+/// Writes `img` as a PNG file atomically (encoding errors are `InvalidData`).
+pub fn write_png(target: impl AsRef<Path>, img: &image::RgbImage) -> io::Result<()> {
+    let mut bytes = Vec::new();
+    img.write_to(&mut io::Cursor::new(&mut bytes), image::ImageFormat::Png)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    write_atomic(target, &bytes)
 }
 
 /// True for the temporary files [`AtomicFile`] leaves behind after a crash.

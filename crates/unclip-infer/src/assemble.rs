@@ -11,10 +11,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use unclip_diffusion::SamplingConfig;
-use unclip_train::export::ExportLayout;
-use unclip_train::reload::read_meta;
-use unclip_train::tasks::cond::ClipDims;
-use unclip_train::Stage;
+use unclip_stages::export::ExportLayout;
+use unclip_stages::reload::read_meta;
+use unclip_stages::text::ClipDims;
+use unclip_stages::Stage;
 
 pub use diffusers::DiffusersReport;
 

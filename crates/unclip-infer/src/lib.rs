@@ -12,29 +12,31 @@
 //! - interpolation: spherical interpolation between two captions' sampled image embeddings.
 //!
 //! Every random number comes from the seed (keyed by stage), so the same call gives the same
-//! images.
+//! images. [`Pipeline`] works on any burn backend (no autodiff): the stages are rebuilt from
+//! their exports by `unclip_stages::reload`.
+//!
+//! Place in the pipeline (data → embed → models → train / infer → eval → cli): **infer**; it
+//! depends on the stage layer, never on training or the dataset tools.
 
 pub mod assemble;
-pub mod eval;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
 use unclip_clip::{Clip, ClipConfig, ClipTokenizer};
+use unclip_data::pixels::chw_to_rgb;
 use unclip_diffusion::{DiffusionConfig, Sampler, SamplingConfig};
-use unclip_models::{NoiseKey, PriorTransformer};
-use unclip_train::reload::{self, Reloaded};
-use unclip_train::tasks::cond::{
-    ClipDims, Conditioning, EmptyCaption, TextEncodingsSource, TextInputs,
-};
-use unclip_train::tasks::decoder::{Decoder, DecoderSpec};
-use unclip_train::tasks::prior::{sample_embeddings_with, PriorSpec};
-use unclip_train::tasks::upsampler::{Upsampler, UpsamplerSpec};
-use unclip_train::TrainError;
+use unclip_models::{Decoder, NoiseKey, PriorTransformer, Upsampler};
+use unclip_stages::decoder::DecoderStage;
+use unclip_stages::prior::{sample_embeddings_with, PriorStage};
+use unclip_stages::reload::{self, Reloaded};
+use unclip_stages::text::{ClipDims, EmptyCaption, TextCond, TextEncodingsSource, TextInputs};
+use unclip_stages::upsampler::UpsamplerStage;
+use unclip_stages::StageError;
 
 pub use assemble::{assemble, assemble_as, AssembleOptions, AssembleReport, DiffusersReport};
 
@@ -42,7 +44,7 @@ pub use assemble::{assemble, assemble_as, AssembleOptions, AssembleReport, Diffu
 #[derive(Debug, thiserror::Error)]
 pub enum InferError {
     #[error("{0}")]
-    Train(#[from] TrainError),
+    Stage(#[from] StageError),
     #[error("CLIP: {0}")]
     Clip(#[from] unclip_clip::ClipError),
     #[error("{path}: {why}")]
@@ -119,24 +121,22 @@ impl Generated {
     }
 }
 
-type I<B> = <B as AutodiffBackend>::InnerBackend;
-
-/// A loaded pipeline on backend `B` (networks on its inner backend).
-pub struct Pipeline<B: AutodiffBackend> {
+/// A loaded pipeline on backend `B` (any backend: inference needs no autodiff).
+pub struct Pipeline<B: Backend> {
     pub dir: PathBuf,
     pub config: PipelineConfig,
-    pub clip: Clip<I<B>>,
+    pub clip: Clip<B>,
     pub clip_image_size: u32,
     tokenizer: ClipTokenizer,
     pub dims: ClipDims,
     empty: Arc<EmptyCaption>,
-    prior: Reloaded<PriorSpec, PriorTransformer<I<B>>>,
-    decoder: Reloaded<DecoderSpec, Decoder<I<B>>>,
-    upsamplers: Vec<Reloaded<UpsamplerSpec, Upsampler<I<B>>>>,
-    device: B::Device,
+    prior: Reloaded<PriorStage, PriorTransformer<B>>,
+    decoder: Reloaded<DecoderStage, Decoder<B>>,
+    upsamplers: Vec<Reloaded<UpsamplerStage, Upsampler<B>>>,
+    pub device: B::Device,
 }
 
-fn pipeline_error(path: &Path, why: impl std::fmt::Display) -> InferError {
+pub fn pipeline_error(path: &Path, why: impl std::fmt::Display) -> InferError {
     InferError::Pipeline {
         path: path.to_path_buf(),
         why: why.to_string(),
@@ -188,7 +188,7 @@ fn sampler_for(
 }
 
 /// A progress bar of `len` steps named `stage` (hidden unless `show`).
-fn bar(show: bool, len: u64, stage: &str) -> indicatif::ProgressBar {
+pub fn bar(show: bool, len: u64, stage: &str) -> indicatif::ProgressBar {
     if !show {
         return indicatif::ProgressBar::hidden();
     }
@@ -202,11 +202,9 @@ fn bar(show: bool, len: u64, stage: &str) -> indicatif::ProgressBar {
     b
 }
 
-fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<Vec<f32>, InferError> {
-    t.into_data()
-        .convert::<f32>()
-        .to_vec()
-        .map_err(|e| InferError::Invalid(format!("reading a tensor: {e:?}")))
+/// A tensor's values as f32.
+pub fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<Vec<f32>, InferError> {
+    Ok(unclip_stages::tensor_values(t)?)
 }
 
 /// `[N, 3, S, S]` in [-1, 1] as RGB images.
@@ -214,45 +212,15 @@ fn to_images<B: Backend>(x: Tensor<B, 4>) -> Result<Vec<RgbImage>, InferError> {
     let [_, _, h, w] = x.dims();
     let v = values(x)?;
     Ok(v.chunks_exact(3 * h * w)
-        .map(|c| unclip_train::plot::chw_to_rgb(c, w, h))
+        .map(|c| chw_to_rgb(c, w, h))
         .collect())
 }
 
-/// `images` (all of one size) as a grid with `cols` per row.
-pub fn grid(images: &[RgbImage], cols: usize) -> RgbImage {
-    let Some(first) = images.first() else {
-        return RgbImage::new(1, 1);
-    };
-    let (w, h) = first.dimensions();
-    let cols = cols.max(1) as u32;
-    let rows = (images.len() as u32).div_ceil(cols);
-    let pad = 2;
-    let mut out = RgbImage::from_pixel(
-        cols * (w + pad) + pad,
-        rows * (h + pad) + pad,
-        image::Rgb([255, 255, 255]),
-    );
-    for (i, img) in images.iter().enumerate() {
-        let (x, y) = (i as u32 % cols, i as u32 / cols);
-        image::imageops::overlay(
-            &mut out,
-            img,
-            (pad + x * (w + pad)) as i64,
-            (pad + y * (h + pad)) as i64,
-        );
-    }
-    out
-}
+pub use unclip_data::pixels::grid;
 
 /// Writes `img` as a PNG atomically.
 pub fn save_png(img: &RgbImage, path: &Path) -> Result<(), InferError> {
-    let mut bytes = Vec::new();
-    img.write_to(
-        &mut std::io::Cursor::new(&mut bytes),
-        image::ImageFormat::Png,
-    )
-    .map_err(|e| pipeline_error(path, e))?;
-    unclip_fs::write_atomic(path, &bytes).map_err(|e| pipeline_error(path, e))
+    unclip_fs::write_png(path, img).map_err(|e| pipeline_error(path, e))
 }
 
 /// Reads an image file as RGB.
@@ -296,13 +264,13 @@ pub fn slerp(a: &[f32], b: &[f32], t: f64) -> Vec<f32> {
     v.iter().map(|x| (x / n) as f32).collect()
 }
 
-impl<B: AutodiffBackend> Pipeline<B> {
+impl<B: Backend> Pipeline<B> {
     /// Loads the pipeline folder `dir` on `device`.
     pub fn load(dir: &Path, device: &B::Device) -> Result<Self, InferError> {
         let config = read_config(dir)?;
         let clip_dir = dir.join(&config.clip);
         let clip_cfg = ClipConfig::from_file(clip_dir.join("config.json"))?;
-        let clip = Clip::<I<B>>::load_hf(&clip_cfg, clip_dir.join("model.safetensors"), device)?;
+        let clip = Clip::<B>::load_hf(&clip_cfg, clip_dir.join("model.safetensors"), device)?;
         let tok = clip_dir.join("tokenizer.json");
         let tokenizer = if tok.exists() {
             ClipTokenizer::from_file(&tok)?
@@ -319,19 +287,19 @@ impl<B: AutodiffBackend> Pipeline<B> {
         let prior = reload::prior::<B>(&stage(&config.prior), dims, device)?;
         let decoder = reload::decoder::<B>(&stage(&config.decoder), dims, device)?;
         let mut upsamplers = Vec::new();
-        let mut side = decoder.spec.image_size;
+        let mut side = decoder.stage.image_size;
         for e in &config.upsamplers {
             let u = reload::upsampler::<B>(&stage(e), device)?;
-            if u.spec.low_res_size != side {
+            if u.stage.low_res_size != side {
                 return Err(pipeline_error(
                     &stage(e),
                     format!(
                         "this upsampler takes {} px images, the stage before it makes {side} px",
-                        u.spec.low_res_size
+                        u.stage.low_res_size
                     ),
                 ));
             }
-            side = u.spec.image_size;
+            side = u.stage.image_size;
             upsamplers.push(u);
         }
         let mut me = Self {
@@ -368,13 +336,13 @@ impl<B: AutodiffBackend> Pipeline<B> {
 
     /// Side of the decoder's images and of each upsampler's.
     pub fn sides(&self) -> Vec<usize> {
-        std::iter::once(self.decoder.spec.image_size)
-            .chain(self.upsamplers.iter().map(|u| u.spec.image_size))
+        std::iter::once(self.decoder.stage.image_size)
+            .chain(self.upsamplers.iter().map(|u| u.stage.image_size))
             .collect()
     }
 
     /// CLIP text embeddings, per-token encodings and masks of `captions`.
-    pub fn encode_text(&self, captions: &[String]) -> Result<TextInputs<I<B>>, InferError> {
+    pub fn encode_text(&self, captions: &[String]) -> Result<TextInputs<B>, InferError> {
         let ids = captions
             .iter()
             .map(|c| self.tokenizer.encode(c).map(|t| t.ids))
@@ -387,16 +355,19 @@ impl<B: AutodiffBackend> Pipeline<B> {
     }
 
     /// L2-normalised CLIP image embeddings `[N, D]` of `images` (CLIP's own preprocessing).
-    pub fn embed_images(&self, images: &[RgbImage]) -> Result<Tensor<I<B>, 2>, InferError> {
-        let x = unclip_clip::preprocess_batch::<I<B>>(images, self.clip_image_size, &self.device)?;
+    pub fn embed_images(&self, images: &[RgbImage]) -> Result<Tensor<B, 2>, InferError> {
+        let x = unclip_clip::preprocess_batch::<B>(images, self.clip_image_size, &self.device)?;
         Ok(self.clip.encode_image(x))
     }
 
-    /// The empty caption as a stage's [`Conditioning`] (its unconditional branch).
-    fn conditioning(&self, source: TextEncodingsSource) -> Result<Conditioning, InferError> {
-        let mut c = Conditioning::random(self.dims, source, None)?;
-        c.empty = self.empty.clone();
-        Ok(c)
+    /// The empty caption of this pipeline's CLIP as a stage's caption conditioning (the
+    /// unconditional branch of guidance).
+    fn text_cond(&self, source: TextEncodingsSource) -> TextCond {
+        TextCond {
+            source,
+            dims: self.dims,
+            empty: self.empty.clone(),
+        }
     }
 
     /// Image embeddings `[N, D]` sampled by the prior for `captions`.
@@ -404,13 +375,13 @@ impl<B: AutodiffBackend> Pipeline<B> {
         &self,
         captions: &[String],
         opts: &GenerateOptions,
-    ) -> Result<Tensor<I<B>, 2>, InferError> {
+    ) -> Result<Tensor<B, 2>, InferError> {
         let e = &self.config.prior;
-        let spec = &self.prior.spec;
-        let (sampler, scale) = sampler_for(spec.diffusion_config(), &e.sampling, &opts.prior)?;
-        let cond = self.conditioning(spec.cond.source)?;
+        let stage = &self.prior.stage;
+        let (sampler, scale) = sampler_for(&stage.diffusion_config, &e.sampling, &opts.prior)?;
+        let cond = self.text_cond(stage.text.source);
         let mut text = self.encode_text(captions)?;
-        if spec.cond.source == TextEncodingsSource::None {
+        if stage.text.source == TextEncodingsSource::None {
             text.encodings = None;
         }
         let key = NoiseKey {
@@ -418,7 +389,7 @@ impl<B: AutodiffBackend> Pipeline<B> {
             step: 0,
             indices: (0..captions.len() as u64).collect(),
         };
-        let k = e.n_candidates.unwrap_or(spec.n_candidates());
+        let k = e.n_candidates.unwrap_or(stage.n_candidates());
         let b = bar(opts.progress, sampler.timesteps().len() as u64, "prior");
         let z = sample_embeddings_with(
             &self.prior.model,
@@ -439,17 +410,17 @@ impl<B: AutodiffBackend> Pipeline<B> {
     /// empty caption where `None`), then the upsamplers.
     pub fn decode(
         &self,
-        image_embed: Tensor<I<B>, 2>,
+        image_embed: Tensor<B, 2>,
         captions: Option<&[String]>,
         opts: &GenerateOptions,
     ) -> Result<Generated, InferError> {
         let n = image_embed.dims()[0];
-        let spec = &self.decoder.spec;
+        let stage = &self.decoder.stage;
         let e = &self.config.decoder;
-        let (sampler, scale) = sampler_for(spec.diffusion_config(), &e.sampling, &opts.decoder)?;
+        let (sampler, scale) = sampler_for(&stage.diffusion_config, &e.sampling, &opts.decoder)?;
         let empty = self
-            .conditioning(TextEncodingsSource::Store)?
-            .empty_inputs::<I<B>>(n, &self.device)?;
+            .text_cond(TextEncodingsSource::Store)
+            .empty_inputs::<B>(n, &self.device);
         let text = match captions {
             Some(c) => self.encode_text(c)?,
             None => TextInputs {
@@ -459,21 +430,21 @@ impl<B: AutodiffBackend> Pipeline<B> {
         };
         let embeds = values(image_embed.clone())?;
         let model = &self.decoder.model;
-        let cond = spec.inputs(
+        let cond = stage.inputs(
             model,
             image_embed.clone(),
             vec![false; n],
             vec![false; n],
             text,
         )?;
-        let uncond = spec.inputs(model, image_embed, vec![true; n], vec![true; n], empty)?;
+        let uncond = stage.inputs(model, image_embed, vec![true; n], vec![true; n], empty)?;
         let key = NoiseKey {
             seed: opts.seed,
             step: 1,
             indices: (0..n as u64).collect(),
         };
         let b = bar(opts.progress, sampler.timesteps().len() as u64, "decoder");
-        let mut x = spec.sample_images_with(
+        let mut x = stage.sample_images_with(
             &sampler,
             model,
             &cond,
@@ -492,8 +463,8 @@ impl<B: AutodiffBackend> Pipeline<B> {
         for (i, u) in self.upsamplers.iter().take(count).enumerate() {
             let over = opts.upsamplers.get(i).cloned().unwrap_or_default();
             let entry = &self.config.upsamplers[i];
-            let (sampler, _) = sampler_for(u.spec.diffusion_config(), &entry.sampling, &over)?;
-            let low = u.spec.upsample_low_res(x)?;
+            let (sampler, _) = sampler_for(&u.stage.diffusion_config, &entry.sampling, &over)?;
+            let low = u.stage.upsample_low_res(x)?;
             let key = NoiseKey {
                 seed: opts.seed,
                 step: 2 + i as u64,
@@ -502,7 +473,7 @@ impl<B: AutodiffBackend> Pipeline<B> {
             let steps = sampler.timesteps().len() as u64;
             let b = bar(opts.progress, steps, &format!("upsampler-{}", i + 1));
             x = u
-                .spec
+                .stage
                 .sample_images_with(&sampler, &u.model, low, &key, &mut || b.inc(1));
             b.finish();
             stages.push(to_images(x.clone())?);

@@ -6,47 +6,36 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::backend::{Autodiff, Flex};
+use burn::backend::Flex;
 use serde_json::{json, Value};
+use unclip_diffusion::DiffusionConfig;
 use unclip_infer::{assemble_as, AssembleOptions};
-use unclip_train::export::{ExportDtype, ExportLayout, ExportMeta};
-use unclip_train::launch::TaskFactory;
-use unclip_train::tasks::decoder::{DecoderModelConfig, DecoderSpec};
-use unclip_train::tasks::prior::{PriorModelConfig, PriorSpec};
-use unclip_train::tasks::upsampler::{UpsamplerModelConfig, UpsamplerSpec};
-use unclip_train::{RunConfig, TrainError, TrainTask};
+use unclip_stages::decoder::{DecoderModelConfig, DecoderStage};
+use unclip_stages::export::{ExportDtype, ExportLayout, ExportMeta, EXPORT_FORMAT};
+use unclip_stages::prior::{PriorModelConfig, PriorStage};
+use unclip_stages::text::{ClipDims, TextCond};
+use unclip_stages::upsampler::{UpsamplerModelConfig, UpsamplerStage};
+use unclip_stages::Stage;
 
-type B = Autodiff<Flex>;
+type B = Flex;
+
+/// The CLIP sizes of the tiny CLIP (configs/clip/tiny.json: 64-d, 64 wide).
+const DIMS: ClipDims = ClipDims {
+    embed_dim: 64,
+    text_width: 64,
+    text_len: 77,
+};
 
 /// A native export of a random-init stage built from `model` and `diffusion` (what
-/// `unclip export` writes for a checkpoint of that config).
-fn export<C, F>(
-    dir: &Path,
-    stage: &str,
-    model: Value,
-    diffusion: Value,
-    image_size: u64,
-    make: fn(&RunConfig<C>) -> Result<F, TrainError>,
-) where
-    C: unclip_train::config::ModelSection,
-    F: TaskFactory,
-{
-    let run = json!({
-        "stage": stage,
-        "model": model,
-        "diffusion": diffusion,
-        "data": {"source": "random", "batch_size": 1, "image_size": image_size},
-    });
-    let cfg: RunConfig<C> = serde_json::from_value(run).expect("run config");
-    let spec = make(&cfg).expect("spec");
+/// `unclip export` writes for a checkpoint of that config), written through the stage layer.
+fn export(dir: &Path, stage: Stage, model: Value, diffusion: Value, image_size: u64) {
+    let diffusion: DiffusionConfig = serde_json::from_value(diffusion).expect("diffusion");
     let device = Default::default();
-    let task = spec.build::<B>(&device).expect("task");
-    let model = task.init_model(&device);
-    let meta = ExportMeta {
-        format: "unclip-export-1",
-        stage: cfg.stage,
-        model: serde_json::to_value(&cfg.model).expect("model section"),
-        diffusion: cfg.diffusion.clone(),
+    let meta = |model: Value| ExportMeta {
+        format: EXPORT_FORMAT,
+        stage,
+        model,
+        diffusion: diffusion.clone(),
         image_size,
         step: 0,
         config_hash: "test".into(),
@@ -55,8 +44,32 @@ fn export<C, F>(
         dtype: ExportDtype::F32,
     };
     std::fs::create_dir_all(dir).expect("export folder");
-    task.export(&model, &meta, dir, ExportLayout::Native)
-        .expect("native export");
+    let native = ExportLayout::Native;
+    let size = image_size as usize;
+    match stage {
+        Stage::Prior => {
+            let m: PriorModelConfig = serde_json::from_value(model).expect("prior section");
+            let text = TextCond::zeros(DIMS, m.text_encodings);
+            let unit = (vec![0.0; DIMS.embed_dim], vec![1.0; DIMS.embed_dim]);
+            let st = PriorStage::new(&m, text, unit, &diffusion).expect("prior stage");
+            let section = serde_json::to_value(&m).expect("section");
+            st.export(&st.init::<B>(0, &device), &meta(section), dir, native)
+        }
+        Stage::Decoder => {
+            let m: DecoderModelConfig = serde_json::from_value(model).expect("decoder section");
+            let st = DecoderStage::new(&m, DIMS, size, &diffusion).expect("decoder stage");
+            let section = serde_json::to_value(&m).expect("section");
+            st.export(&st.init::<B>(&device), &meta(section), dir, native)
+        }
+        Stage::Upsampler => {
+            let m: UpsamplerModelConfig = serde_json::from_value(model).expect("section");
+            let st = UpsamplerStage::new(&m, size, &diffusion).expect("upsampler stage");
+            let section = serde_json::to_value(&m).expect("section");
+            st.export(&st.init::<B>(&device), &meta(section), dir, native)
+        }
+        other => panic!("no export of {other:?}"),
+    }
+    .expect("native export");
 }
 
 /// The CLIP sizes the stages are built for (configs/clip/tiny.json: 64-d, 64 wide).
@@ -84,9 +97,9 @@ fn tiny_exports(root: &Path) -> AssembleOptions {
         )
         .expect("CLIP folder");
     let prior = root.join("prior");
-    export::<PriorModelConfig, _>(
+    export(
         &prior,
-        "prior",
+        Stage::Prior,
         merge(
             json!({"width": 16, "depth": 1, "heads": 2, "text_encodings": "store",
                    "n_candidates": 2}),
@@ -95,12 +108,11 @@ fn tiny_exports(root: &Path) -> AssembleOptions {
         json!({"timesteps": 50, "parameterization": "x0",
                "sampling": {"respacing": "5", "guidance_scale": 2.0, "clip_x0": {"static": 10.0}}}),
         64,
-        PriorSpec::new,
     );
     let decoder = root.join("decoder");
-    export::<DecoderModelConfig, _>(
+    export(
         &decoder,
-        "decoder",
+        Stage::Decoder,
         merge(
             json!({"model_channels": 32, "channel_mult": [1, 2], "num_res_blocks": 1,
                    "attention_resolutions": [8], "head_channels": 32, "context_dim": 16,
@@ -109,17 +121,15 @@ fn tiny_exports(root: &Path) -> AssembleOptions {
         ),
         json!({"timesteps": 50, "sampling": {"respacing": "4", "guidance_scale": 3.0}}),
         16,
-        DecoderSpec::new,
     );
     let upsampler = root.join("upsampler");
-    export::<UpsamplerModelConfig, _>(
+    export(
         &upsampler,
-        "upsampler",
+        Stage::Upsampler,
         json!({"model_channels": 32, "channel_mult": [1, 2], "num_res_blocks": 1,
                "low_res_size": 16}),
         json!({"timesteps": 50, "sampling": {"respacing": "3"}}),
         32,
-        UpsamplerSpec::new,
     );
     AssembleOptions {
         clip,
@@ -435,7 +445,7 @@ fn writes_what_unclip_pipeline_loads_and_refuses_what_it_cannot_compute() {
 #[ignore = "writes reference values for the Python check; needs UNCLIP_DUMP_PIPELINE"]
 fn dump_one_step_outputs() {
     use burn::tensor::{Tensor, TensorData};
-    use unclip_train::reload;
+    use unclip_stages::reload;
     type I = Flex;
     let dir = PathBuf::from(std::env::var("UNCLIP_DUMP_PIPELINE").expect("UNCLIP_DUMP_PIPELINE"));
     let out = PathBuf::from(std::env::var("UNCLIP_DUMP_OUT").expect("UNCLIP_DUMP_OUT"));
@@ -513,16 +523,15 @@ fn dump_one_step_outputs() {
             .collect()
     };
     let image_t = Tensor::<I, 2>::from_data(TensorData::new(image.clone(), [n, d]), &device);
-    let copy =
-        |x: &unclip_train::tasks::cond::TextInputs<I>| unclip_train::tasks::cond::TextInputs {
-            embed: x.embed.clone(),
-            encodings: x.encodings.clone(),
-        };
-    let s = decoder.spec.image_size;
+    let copy = |x: &unclip_stages::text::TextInputs<I>| unclip_stages::text::TextInputs {
+        embed: x.embed.clone(),
+        encodings: x.encodings.clone(),
+    };
+    let s = decoder.stage.image_size;
     let xd = wave(n * 3 * s * s, 0.3);
     let xd_t = Tensor::<I, 4>::from_data(TensorData::new(xd.clone(), [n, 3, s, s]), &device);
     let cond = decoder
-        .spec
+        .stage
         .inputs(
             &decoder.model,
             image_t.clone(),
@@ -532,7 +541,7 @@ fn dump_one_step_outputs() {
         )
         .expect("cond");
     let uncond = decoder
-        .spec
+        .stage
         .inputs(
             &decoder.model,
             image_t,
@@ -554,7 +563,7 @@ fn dump_one_step_outputs() {
     // Upsampler: ε for x_t given an (already upsampled) low-res image.
     let up_entry = config.upsamplers.first().expect("one upsampler");
     let up = reload::upsampler::<B>(&dir.join(&up_entry.path), &device).expect("upsampler");
-    let s = up.spec.image_size;
+    let s = up.stage.image_size;
     let xu = wave(n * 3 * s * s, 0.5);
     let low = wave(n * 3 * s * s, 1.1);
     let tensor4 =

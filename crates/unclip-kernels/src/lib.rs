@@ -11,6 +11,9 @@
 //!
 //! Boundaries: burn tensors in and out, generic over the backend; no model, no parameters, no
 //! randomness (dropout masks come in as tensors).
+//!
+//! Place in the pipeline (data → embed → models → train / infer → eval → cli): a leaf of
+//! **models**, their CPU compute.
 
 mod cpu;
 mod flex;

@@ -7,6 +7,9 @@
 //!
 //! The key is hashed into a ChaCha8 seed; ChaCha is a counter-mode cipher, so streams for
 //! different keys are independent for all practical purposes.
+//!
+//! Place in the pipeline (data → embed → models → train / infer → eval → cli): a leaf under
+//! every step that draws a random number.
 
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;

@@ -66,3 +66,15 @@ impl TrainError {
         }
     }
 }
+
+impl From<unclip_stages::StageError> for TrainError {
+    fn from(e: unclip_stages::StageError) -> Self {
+        use unclip_stages::StageError as S;
+        match e {
+            S::Invalid { key, why } => TrainError::Invalid { key, why },
+            S::Diffusion(d) => TrainError::Diffusion(d),
+            S::Io { what, path, source } => TrainError::Io { what, path, source },
+            other => TrainError::Task(other.to_string()),
+        }
+    }
+}

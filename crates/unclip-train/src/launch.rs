@@ -13,19 +13,15 @@ use crate::config::ModelSection;
 use crate::config::{Precision, RunConfig, Stage, StageProbe};
 use crate::device::{dispatch, dispatch_all, BackendJob, DeviceSpec, DevicesJob};
 use crate::tasks::clip::{ClipModelConfig, ClipTask};
-use crate::tasks::decoder::{DecoderModelConfig, DecoderSpec};
+use crate::tasks::decoder::DecoderSpec;
 use crate::tasks::denoise::{DenoiseModelConfig, DenoiseTask};
-use crate::tasks::prior::{PriorModelConfig, PriorSpec};
-use crate::tasks::upsampler::{UpsamplerModelConfig, UpsamplerSpec};
+use crate::tasks::prior::PriorSpec;
+use crate::tasks::upsampler::UpsamplerSpec;
 use crate::trainer::{Resume, RunSummary, Trainer};
-use crate::{TrainError, TrainTask};
-
-/// Builds a stage's task on any backend (frozen models it needs are loaded on `device`).
-/// Shared by the threads of a data-parallel run, each building its own task.
-pub trait TaskFactory: Sync {
-    type Task<B: AutodiffBackend>: TrainTask<B>;
-    fn build<B: AutodiffBackend>(&self, device: &B::Device) -> Result<Self::Task<B>, TrainError>;
-}
+use crate::{TaskFactory, TrainError};
+use unclip_stages::decoder::DecoderModelConfig;
+use unclip_stages::prior::PriorModelConfig;
+use unclip_stages::upsampler::UpsamplerModelConfig;
 
 impl TaskFactory for DenoiseTask {
     type Task<B: AutodiffBackend> = DenoiseTask;

@@ -110,11 +110,5 @@ impl Metrics {
 
 /// Writes a PNG atomically.
 pub fn save_png(img: &image::RgbImage, path: &Path) -> Result<(), TrainError> {
-    let mut bytes = Vec::new();
-    img.write_to(
-        &mut std::io::Cursor::new(&mut bytes),
-        image::ImageFormat::Png,
-    )
-    .map_err(|e| TrainError::io("cannot encode", path, std::io::Error::other(e)))?;
-    unclip_fs::write_atomic(path, &bytes).map_err(|e| TrainError::io("cannot write", path, e))
+    unclip_fs::write_png(path, img).map_err(|e| TrainError::io("cannot write", path, e))
 }

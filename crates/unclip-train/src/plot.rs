@@ -1,54 +1,6 @@
-//! The two pictures a run draws itself: preview grids and the loss curve.
+//! The loss curve a run draws beside its metrics (previews are `unclip_data::pixels` grids).
 
 use image::{Rgb, RgbImage};
-
-/// A roughly square grid of `count` CHW images in [-1, 1] of side `size`.
-pub fn image_grid(pixels: &[f32], count: usize, size: usize) -> RgbImage {
-    let cols = (count as f64).sqrt().ceil().max(1.0) as usize;
-    image_grid_with_columns(pixels, count, size, cols)
-}
-
-/// `count` CHW images in [-1, 1] of side `size`, row by row, `cols` per row.
-pub fn image_grid_with_columns(pixels: &[f32], count: usize, size: usize, cols: usize) -> RgbImage {
-    let cols = cols.max(1);
-    let rows = count.div_ceil(cols).max(1);
-    let pad = 2;
-    let w = (cols * (size + pad) + pad) as u32;
-    let h = (rows * (size + pad) + pad) as u32;
-    let mut img = RgbImage::from_pixel(w, h, Rgb([255, 255, 255]));
-    let plane = size * size;
-    for i in 0..count {
-        let (ox, oy) = (
-            pad + (i % cols) * (size + pad),
-            pad + (i / cols) * (size + pad),
-        );
-        for y in 0..size {
-            for x in 0..size {
-                let mut px = [0u8; 3];
-                for (c, p) in px.iter_mut().enumerate() {
-                    let v = pixels.get(i * 3 * plane + c * plane + y * size + x);
-                    *p = to_u8(v.copied().unwrap_or(0.0));
-                }
-                img.put_pixel((ox + x) as u32, (oy + y) as u32, Rgb(px));
-            }
-        }
-    }
-    img
-}
-
-/// A value in [-1, 1] as an 8-bit level (clamped; NaN → 0).
-pub fn to_u8(v: f32) -> u8 {
-    ((v + 1.0) * 127.5).round().clamp(0.0, 255.0) as u8
-}
-
-/// One CHW image in [-1, 1] (`[3, h, w]`) as an RGB image.
-pub fn chw_to_rgb(pixels: &[f32], w: usize, h: usize) -> RgbImage {
-    let plane = w * h;
-    RgbImage::from_fn(w as u32, h as u32, |x, y| {
-        let i = y as usize * w + x as usize;
-        Rgb([0, 1, 2].map(|c| to_u8(pixels.get(c * plane + i).copied().unwrap_or(0.0))))
-    })
-}
 
 /// Loss against step on a log scale: training loss in blue, validation loss in red.
 pub fn loss_curve(train: &[(u64, f64)], val: &[(u64, f64)]) -> RgbImage {
@@ -102,17 +54,6 @@ pub fn loss_curve(train: &[(u64, f64)], val: &[(u64, f64)]) -> RgbImage {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn grid_places_images_and_maps_range() {
-        let size = 2;
-        let mut px = vec![-1.0f32; 3 * 3 * size * size];
-        px[12..24].iter_mut().for_each(|v| *v = 1.0); // second image white
-        let g = image_grid(&px, 3, size);
-        assert_eq!(g.dimensions(), (2 * 4 + 2, 2 * 4 + 2));
-        assert_eq!(g.get_pixel(2, 2), &Rgb([0, 0, 0]));
-        assert_eq!(g.get_pixel(6, 2), &Rgb([255, 255, 255]));
-    }
 
     #[test]
     fn curve_draws_both_series() {

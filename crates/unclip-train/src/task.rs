@@ -1,6 +1,7 @@
 //! What a stage plugs into the loop: its model, its loss, its validation metric, its preview.
-//! Each stage (the engine's own `denoise` test task today; prior, decoder and upsamplers as
-//! they land) implements [`TrainTask`]; the [`Trainer`](crate::Trainer) owns everything else.
+//! Each stage (clip, prior, decoder, upsampler, and the engine's own `denoise` test task)
+//! implements [`TrainTask`], built per backend by its [`TaskFactory`]; the
+//! [`Trainer`](crate::Trainer) owns everything else.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -12,8 +13,8 @@ use image::RgbImage;
 use unclip_data::{Batch, SampleTransform};
 use unclip_models::NoiseKey;
 
-use crate::export::{ExportLayout, ExportMeta, ExportReport};
 use crate::TrainError;
+use unclip_stages::export::{write_native, ExportLayout, ExportMeta, ExportReport};
 
 /// Which data stream a transform serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,11 +97,18 @@ pub trait TrainTask<B: AutodiffBackend> {
         layout: ExportLayout,
     ) -> Result<ExportReport, TrainError> {
         match layout {
-            ExportLayout::Native => crate::export::write_native::<B, _>(model, meta, out),
+            ExportLayout::Native => Ok(write_native::<B, _>(model, meta, out)?),
             ExportLayout::Diffusers => Err(TrainError::invalid(
                 "--layout",
                 format!("stage {:?} has no diffusers layout", meta.stage),
             )),
         }
     }
+}
+
+/// Builds a stage's task on any backend (frozen models it needs are loaded on `device`).
+/// Shared by the threads of a data-parallel run, each building its own task.
+pub trait TaskFactory: Sync {
+    type Task<B: AutodiffBackend>: TrainTask<B>;
+    fn build<B: AutodiffBackend>(&self, device: &B::Device) -> Result<Self::Task<B>, TrainError>;
 }

@@ -313,7 +313,8 @@ fn docs_list_every_key_with_its_default() {
 /// Every shipped run config (configs/{demo,bench,paper,test}) parses as its stage's type.
 #[test]
 fn shipped_configs_load() {
-    use unclip_train::tasks::{clip::ClipModelConfig, prior::PriorModelConfig};
+    use unclip_stages::prior::PriorModelConfig;
+    use unclip_train::tasks::clip::ClipModelConfig;
     use unclip_train::Stage;
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
     let mut checked = 0;
@@ -332,11 +333,11 @@ fn shipped_configs_load() {
                 Stage::Clip => launch::load::<ClipModelConfig>(&path, &[], None).map(|_| ()),
                 Stage::Prior => launch::load::<PriorModelConfig>(&path, &[], None).map(|_| ()),
                 Stage::Decoder => {
-                    use unclip_train::tasks::decoder::DecoderModelConfig;
+                    use unclip_stages::decoder::DecoderModelConfig;
                     launch::load::<DecoderModelConfig>(&path, &[], None).map(|_| ())
                 }
                 Stage::Upsampler => {
-                    use unclip_train::tasks::upsampler::UpsamplerModelConfig;
+                    use unclip_stages::upsampler::UpsamplerModelConfig;
                     launch::load::<UpsamplerModelConfig>(&path, &[], None).map(|_| ())
                 }
             };

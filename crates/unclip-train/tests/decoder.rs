@@ -13,15 +13,16 @@ use burn::backend::Flex;
 use burn::tensor::{Tensor, TensorData};
 use common::{assert_same_checkpoint, B};
 use unclip_clip::{ClipConfig, StoreDtype, BUNDLED_TOKENIZER_JSON};
-use unclip_data_tools::clip_embedder::ClipEmbedder;
-use unclip_data_tools::embed::{embed, EmbedJob};
+use unclip_embed::{embed, ClipEmbedder, EmbedJob};
 use unclip_models::{
     text_proj_from_diffusers, text_proj_to_diffusers, unet_from_diffusers, unet_to_diffusers,
     NoiseKey,
 };
+use unclip_stages::decoder::DecoderModelConfig;
 use unclip_train::export::{ExportDtype, ExportLayout};
-use unclip_train::launch::{Loaded, TaskFactory};
-use unclip_train::tasks::decoder::{DecoderModelConfig, DecoderSpec, DecoderTask};
+use unclip_train::launch::Loaded;
+use unclip_train::tasks::decoder::{DecoderSpec, DecoderTask};
+use unclip_train::TaskFactory;
 use unclip_train::{Resume, TrainTask, Trainer};
 
 fn repo(rel: &str) -> PathBuf {
@@ -174,7 +175,7 @@ fn resume_is_exact_and_the_diffusers_export_reimports() {
     let dev = Default::default();
     let fresh = task.init_model(&dev);
     let bytes = std::fs::read(native.join("model.safetensors")).expect("native weights");
-    let ours = unclip_train::export::load_safetensors(fresh, &bytes).expect("native loads");
+    let ours = unclip_stages::export::load_safetensors(fresh, &bytes).expect("native loads");
 
     let read = |sub: &str| {
         let d = diff.join(sub);
@@ -198,10 +199,10 @@ fn resume_is_exact_and_the_diffusers_export_reimports() {
     };
     let (ucfg, ut) = read("unet");
     let (unet, unet_cfg) = unet_from_diffusers::<B>(&ucfg, &ut, &dev).expect("unet imports");
-    assert_eq!(unet_cfg, spec.unet);
+    assert_eq!(unet_cfg, spec.stage.net.unet);
     let (pcfg, pt) = read("text_proj");
     let (cond, cond_cfg) = text_proj_from_diffusers::<B>(&pcfg, &pt, &dev).expect("proj imports");
-    assert_eq!(cond_cfg, spec.cond_config);
+    assert_eq!(cond_cfg, spec.stage.net.cond);
     // The re-imported weights are the exported ones, bit for bit.
     let same = |a: &BTreeMap<String, TensorData>, b: &BTreeMap<String, TensorData>| {
         assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
@@ -226,10 +227,12 @@ fn resume_is_exact_and_the_diffusers_export_reimports() {
         &pt,
     );
     same(
-        &unet_to_diffusers(&ours.unet, &spec.unet).expect("export").1,
+        &unet_to_diffusers(&ours.unet, &spec.stage.net.unet)
+            .expect("export")
+            .1,
         &ut,
     );
-    let theirs = unclip_train::tasks::decoder::Decoder { unet, cond };
+    let theirs = unclip_models::Decoder { unet, cond };
 
     // Same output on a real validation batch with guidance-style drops on some rows.
     let key = NoiseKey {
@@ -356,7 +359,7 @@ fn drop_rates_are_honoured_and_independent_at_the_model_input() {
         .into_data()
         .to_vec()
         .unwrap();
-    let empty = &spec.cond.empty;
+    let empty = &spec.cond.text.empty;
     let empty_enc = empty.encodings.clone().expect("empty encodings");
     let empty_mask: Vec<bool> = empty.mask.clone().expect("empty mask");
 

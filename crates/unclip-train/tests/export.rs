@@ -8,8 +8,9 @@ use std::sync::Arc;
 
 use burn::tensor::{Tensor, TensorData};
 use common::*;
+use unclip_stages::export::load_safetensors;
 use unclip_train::ema::renumber_params;
-use unclip_train::export::{export, load_safetensors, ExportDtype, ExportLayout};
+use unclip_train::export::{export, ExportDtype, ExportLayout};
 use unclip_train::tasks::denoise::Denoiser;
 use unclip_train::{Resume, TrainTask};
 

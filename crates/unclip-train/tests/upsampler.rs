@@ -12,19 +12,20 @@ use std::sync::Arc;
 use burn::tensor::{Tensor, TensorData};
 use common::{assert_same_checkpoint, B};
 use image::RgbImage;
-use unclip_data::transform::{DecodedSample, SampleContext};
-use unclip_data::{ImageTransform, SampleTransform};
-use unclip_rng::KeyedRng;
-use unclip_train::export::{ExportDtype, ExportLayout};
-use unclip_train::launch::{Loaded, TaskFactory};
-use unclip_train::tasks::upsampler::degrade::{
+use unclip_data::degrade::{
     blockiness, mean_abs_laplacian, BsrConfig, DegradationConfig, DegradationKind, LowRes,
     ResizeMode,
 };
-use unclip_train::tasks::upsampler::{
-    upsampler_from_diffusers, upsampler_to_diffusers, Upsampler, UpsamplerModelConfig,
-    UpsamplerSpec, UpsamplerTask, UpsamplerTransform,
-};
+use unclip_data::superres::SuperResTransform;
+use unclip_data::transform::{DecodedSample, SampleContext};
+use unclip_data::{ImageTransform, SampleTransform};
+use unclip_models::{upsampler_from_diffusers, upsampler_to_diffusers, Upsampler};
+use unclip_rng::KeyedRng;
+use unclip_stages::upsampler::UpsamplerModelConfig;
+use unclip_train::export::{ExportDtype, ExportLayout};
+use unclip_train::launch::Loaded;
+use unclip_train::tasks::upsampler::{UpsamplerSpec, UpsamplerTask};
+use unclip_train::TaskFactory;
 use unclip_train::{Resume, TrainTask, Trainer};
 
 fn repo(rel: &str) -> PathBuf {
@@ -160,7 +161,7 @@ fn resume_is_exact_and_the_diffusers_export_reimports() {
     let task = spec.build::<B>(&Default::default()).expect("task");
     let dev = Default::default();
     let bytes = std::fs::read(native.join("model.safetensors")).expect("native weights");
-    let ours: Upsampler<B> = unclip_train::export::load_safetensors(task.init_model(&dev), &bytes)
+    let ours: Upsampler<B> = unclip_stages::export::load_safetensors(task.init_model(&dev), &bytes)
         .expect("native loads");
 
     let (ucfg, ut) = read_diffusers(&diff.join("unet"));
@@ -172,7 +173,7 @@ fn resume_is_exact_and_the_diffusers_export_reimports() {
     let w1 = values(&mlp.linear_1.weight.val().transpose().into_data());
     assert!(values(&ut["class_embedding.linear_1.weight"]) == w1);
     let (theirs, unet_cfg) = upsampler_from_diffusers::<B>(&ucfg, &ut, &dev).expect("imports");
-    assert_eq!(unet_cfg, spec.unet);
+    assert_eq!(unet_cfg, spec.stage.net.unet);
     let (_, re) = upsampler_to_diffusers(&theirs, &unet_cfg).expect("re-export");
     assert_eq!(re.keys().collect::<Vec<_>>(), ut.keys().collect::<Vec<_>>());
     for (k, v) in &ut {
@@ -281,7 +282,7 @@ fn the_corruption_pipeline_is_keyed_by_sample_and_seed() {
     let mut base = ImageTransform::new(32);
     base.resize_to = Some(36);
     base.crop = unclip_data::transform::Crop::Random;
-    let t = UpsamplerTransform {
+    let t = SuperResTransform {
         base,
         low_res: low_res(DegradationKind::Bsr, BsrConfig::default(), 0.5),
         factor: 4,
@@ -311,7 +312,7 @@ fn the_corruption_pipeline_is_keyed_by_sample_and_seed() {
         epoch: 0,
         index: 3,
     };
-    let clean = UpsamplerTransform {
+    let clean = SuperResTransform {
         low_res: low_res(DegradationKind::None, bsr_off(), 0.0),
         ..t.clone()
     };
@@ -487,7 +488,10 @@ fn random_source_trains_and_benches_and_bad_sizes_are_errors() {
             "model.channel_mult=[1,2,3,4]",
         ],
     );
-    assert_eq!(UpsamplerSpec::new(&loaded.config).unwrap().crop_size, 64);
+    assert_eq!(
+        UpsamplerSpec::new(&loaded.config).unwrap().stage.crop_size,
+        64
+    );
 }
 
 #[test]
@@ -548,7 +552,9 @@ fn residual_upsampler_starts_from_the_low_res_image() {
         let sampler = loaded.config.diffusion.sampler().expect("sampler");
         let task = spec.build::<B>(&dev).expect("task");
         let model = unclip_models::keyed_init(task.init_model(&dev), 3).expect("init");
-        let x = spec.sample_images(&sampler, &model, low.clone(), &key);
+        let x = spec
+            .stage
+            .sample_images(&sampler, &model, low.clone(), &key);
         (x - low.clone()).abs().max().into_scalar()
     };
     let residual = sample_gap(true);

@@ -17,14 +17,14 @@ pub use input::{list_inputs, CaptionSource, InputItem, CAPTION_COLUMNS, PATH_COL
 pub use resize::{apply as resize_image, ResizeMode, BORDER_RGB};
 
 use crate::encode::{encode_rgb, ImageFormat};
-use crate::parallel::{map_ordered, thread_count};
-use crate::progress::progress_bar;
 use crate::shard_writer::{prepare_output_dir, ShardWriter, FAILED_TO_DECODE};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use unclip_data::decode::{caption_from_txt, decode_rgb, DEFAULT_MAX_PIXELS};
+use unclip_data::parallel::{map_ordered, thread_count};
+use unclip_data::progress::progress_bar;
 
 /// Skip reason: no `.txt` beside the image, an empty one, or an empty caption cell.
 pub const MISSING_CAPTION: &str = "missing_caption";

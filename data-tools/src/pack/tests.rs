@@ -1,5 +1,5 @@
 use super::*;
-use crate::shard_writer::read_shard;
+use crate::shard_writer::read_members;
 use image::{Rgb, RgbImage};
 use std::path::Path;
 
@@ -36,7 +36,7 @@ fn fixture_folder(root: &Path) {
 fn read_samples(shards: &[PathBuf]) -> Vec<(String, String, Vec<u8>, String, PackedRecord)> {
     let mut out = Vec::new();
     for shard in shards {
-        let members = read_shard(shard).unwrap();
+        let members = read_members(shard).unwrap();
         for chunk in members.chunks(3) {
             let [(img_name, img), (txt_name, txt), (json_name, json)] = chunk else {
                 panic!("incomplete sample in {}", shard.display());

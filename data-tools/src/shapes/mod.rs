@@ -5,7 +5,6 @@
 pub mod caption;
 pub mod render;
 pub mod scene;
-pub mod score;
 
 use serde::{Deserialize, Serialize};
 

@@ -64,7 +64,7 @@ fn texture_offsets(rng: &mut KeyedRng, side: u32) -> Vec<f64> {
 
 /// A shape's point-inside test in coordinates relative to its centre (y pointing down); the
 /// scorer renders its templates with it.
-pub(crate) enum Footprint {
+pub enum Footprint {
     Circle { r2: f64 },
     Square { half: f64 },
     Cross { half_width: f64, half_length: f64 },
@@ -72,7 +72,7 @@ pub(crate) enum Footprint {
 }
 
 impl Footprint {
-    pub(crate) fn new(shape: Shape, r: f64) -> Self {
+    pub fn new(shape: Shape, r: f64) -> Self {
         let regular = |count: usize, radius: &dyn Fn(usize) -> f64| {
             (0..count)
                 .map(|k| {
@@ -100,7 +100,7 @@ impl Footprint {
         }
     }
 
-    pub(crate) fn contains(&self, x: f64, y: f64) -> bool {
+    pub fn contains(&self, x: f64, y: f64) -> bool {
         match self {
             Footprint::Circle { r2 } => x * x + y * y <= *r2,
             Footprint::Square { half } => x.abs() <= *half && y.abs() <= *half,

@@ -14,14 +14,14 @@ mod tests;
 pub use world::{parse_holdout, HoldoutError, SampleRecord, Split, SynthSample, World};
 
 use crate::encode::{encode_rgb, ImageFormat};
-use crate::parallel::{map_ordered, thread_count};
-use crate::progress::progress_bar;
 use crate::shapes::{self, scene, Shape, SizeClass};
 use crate::shard_writer::{prepare_output_dir, ShardWriter};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use unclip_data::parallel::{map_ordered, thread_count};
+use unclip_data::progress::progress_bar;
 
 /// Options of `unclip data synth`.
 #[derive(Debug, Clone, clap::Args, Serialize)]

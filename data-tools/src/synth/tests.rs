@@ -1,7 +1,7 @@
 use super::*;
 use crate::shapes::caption::{position_phrases, relation_phrase};
 use crate::shapes::{Color, Position, Relation, SizeClass};
-use crate::shard_writer::read_shard;
+use crate::shard_writer::read_members;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -30,7 +30,7 @@ fn read_split(dir: &Path) -> Vec<Sample> {
     tars.sort();
     let mut samples = Vec::new();
     for tar in tars {
-        let members = read_shard(&tar).unwrap();
+        let members = read_members(&tar).unwrap();
         for chunk in members.chunks(3) {
             let [(img_name, image), (txt_name, txt), (json_name, json)] = chunk else {
                 panic!("sample with {} members", chunk.len());

@@ -24,8 +24,8 @@ use unclip_data::{Batch, BatchField, SampleTransform};
 use unclip_models::NoiseKey;
 
 use crate::config::{AtLeastOne, Positive, RunConfig};
-use crate::export::{ExportDtype, ExportLayout, ExportMeta, ExportReport};
 use crate::{Split, TrainError, TrainTask, ValidationSums};
+use unclip_stages::export::{ExportDtype, ExportLayout, ExportMeta, ExportReport};
 
 /// One tower's shape (HF `CLIPTextConfig` / `CLIPVisionConfig` names).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,80 +1,28 @@
-//! What the CLIP-conditioned stages (prior, decoder) share: the embedding stores of their
-//! shards, the empty caption (the unconditional branch of classifier-free guidance), per-sample
-//! condition drops from the keyed RNG, and a batch's caption inputs as tensors — from the
-//! store, or computed per batch by the frozen CLIP text tower (`text_encodings: on_the_fly`).
+//! What the CLIP-conditioned stages (prior, decoder) share in training: the embedding stores
+//! of their shards, the empty caption read from the store (or computed by the frozen CLIP),
+//! and a batch's caption inputs as tensors — from the store, or computed per batch by the
+//! frozen CLIP text tower (`text_encodings: on_the_fly`) — with dropped rows replaced by the
+//! empty caption (`unclip_stages::text`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, Tensor, TensorData};
-use serde::{Deserialize, Serialize};
+use burn::tensor::TensorData;
 use unclip_clip::{Clip, ClipTokenizer};
-use unclip_data::store::{read_shard, EmbeddingStore};
+use unclip_data::store::{read_embeddings, EmbeddingStore};
 use unclip_data::transform::{DecodedSample, Example, Field, SampleContext, TransformError};
 use unclip_data::{Batch, SampleTransform, WithEmbeddings};
-use unclip_models::NoiseKey;
+use unclip_stages::text::{ClipDims, EmptyCaption, TextCond, TextEncodingsSource, TextInputs};
 
 use crate::config::DataConfig;
 use crate::{Split, TrainError};
 
-/// Where a stage's per-token caption encodings come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TextEncodingsSource {
-    /// The embedding store (`unclip embed --text-encodings`).
-    #[default]
-    Store,
-    /// The frozen CLIP text tower (`clip:` folder), per batch, from the shards' captions.
-    OnTheFly,
-    /// No per-token encodings: only the pooled text embedding conditions the model (what
-    /// imported clip-retrieval embeddings allow).
-    None,
-}
-
-/// The CLIP dimensions a conditioned model is built for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClipDims {
-    pub embed_dim: usize,
-    pub text_width: usize,
-    pub text_len: usize,
-}
-
-impl ClipDims {
-    /// Writes these sizes into an export's `model:` section (`embed_dim`, `text_width`,
-    /// `text_len`), so that inference rebuilds the network without the embedding store.
-    pub fn record(&self, model: &mut serde_json::Value) {
-        if let Some(m) = model.as_object_mut() {
-            m.insert("embed_dim".into(), self.embed_dim.into());
-            m.insert("text_width".into(), self.text_width.into());
-            m.insert("text_len".into(), self.text_len.into());
-        }
-    }
-}
-
-/// The empty caption's embedding, encodings and mask: what a dropped caption becomes.
-#[derive(Debug, Clone)]
-pub struct EmptyCaption {
-    pub text_embed: Vec<f32>,
-    /// `[L·W]`, when the stage uses encodings.
-    pub encodings: Option<Vec<f32>>,
-    pub mask: Option<Vec<bool>>,
-}
-
-/// A batch's caption conditioning.
-pub struct TextInputs<B: Backend> {
-    /// Pooled, L2-normalised text embeddings [N, D].
-    pub embed: Tensor<B, 2>,
-    /// Per-token encodings [N, L, W] and mask [N, L] (true = real token).
-    pub encodings: Option<(Tensor<B, 3>, Tensor<B, 2, Bool>)>,
-}
-
 /// The conditioning side of a stage, shared by its train and validation streams.
 #[derive(Clone)]
 pub struct Conditioning {
-    pub source: TextEncodingsSource,
-    pub dims: ClipDims,
-    pub empty: Arc<EmptyCaption>,
+    /// The encodings' source, the CLIP sizes and the empty caption.
+    pub text: TextCond,
     /// Per-dimension mean and std of the training store's image embeddings.
     pub image_mean: Vec<f32>,
     pub image_std: Vec<f32>,
@@ -147,7 +95,7 @@ impl Conditioning {
                 "the store has no empty-caption embedding (written by `unclip embed`)",
             )
         })?;
-        let e = read_shard(&Path::new(dir).join(empty_file))
+        let e = read_embeddings(&Path::new(dir).join(empty_file))
             .map_err(|e| store_error("data.embeddings", e))?;
         let (encodings, mask) = match (&e.text_encodings, source) {
             (Some(t), TextEncodingsSource::Store) => (
@@ -157,13 +105,15 @@ impl Conditioning {
             _ => (None, None),
         };
         let mut me = Self {
-            source,
-            dims,
-            empty: Arc::new(EmptyCaption {
-                text_embed: e.text_row(0).to_vec(),
-                encodings,
-                mask,
-            }),
+            text: TextCond {
+                source,
+                dims,
+                empty: Arc::new(EmptyCaption {
+                    text_embed: e.text_row(0).to_vec(),
+                    encodings,
+                    mask,
+                }),
+            },
             image_mean: m.image_embed_mean.iter().map(|&v| v as f32).collect(),
             image_std: m.image_embed_std.iter().map(|&v| v as f32).collect(),
             train: data.shards.clone().map(|spec| (spec, Arc::new(train))),
@@ -183,15 +133,8 @@ impl Conditioning {
         source: TextEncodingsSource,
         clip: Option<&Path>,
     ) -> Result<Self, TrainError> {
-        let with = source != TextEncodingsSource::None;
         let mut me = Self {
-            source,
-            dims,
-            empty: Arc::new(EmptyCaption {
-                text_embed: vec![0.0; dims.embed_dim],
-                encodings: with.then(|| vec![0.0; dims.text_len * dims.text_width]),
-                mask: with.then(|| (0..dims.text_len).map(|i| i < 2).collect()),
-            }),
+            text: TextCond::zeros(dims, source),
             image_mean: vec![0.0; dims.embed_dim],
             image_std: vec![1.0; dims.embed_dim],
             train: None,
@@ -222,7 +165,7 @@ impl Conditioning {
             ClipTokenizer::bundled()
         }
         .map_err(|e| store_error("model.clip", e))?
-        .with_context_length(self.dims.text_len);
+        .with_context_length(self.text.dims.text_len);
         self.clip_dir = Some(dir.to_path_buf());
         type Cpu = burn::backend::Flex;
         let device = Default::default();
@@ -244,7 +187,7 @@ impl Conditioning {
             .into_data()
             .to_vec()
             .map_err(|e| TrainError::Task(format!("empty caption: {e:?}")))?;
-        self.empty = Arc::new(EmptyCaption {
+        self.text.empty = Arc::new(EmptyCaption {
             text_embed: values(out.text_embeds.into_data())?,
             encodings: Some(values(out.text_encodings.into_data())?),
             mask: Some(mask),
@@ -260,9 +203,8 @@ impl Conditioning {
         };
         let clip = Clip::load_hf_dir(dir, device).map_err(|e| store_error("model.clip", e))?;
         let c = &clip.config;
-        if c.projection_dim != self.dims.embed_dim
-            || c.text_config.hidden_size != self.dims.text_width
-        {
+        let dims = self.text.dims;
+        if c.projection_dim != dims.embed_dim || c.text_config.hidden_size != dims.text_width {
             return Err(TrainError::invalid(
                 "model.clip",
                 format!(
@@ -270,8 +212,8 @@ impl Conditioning {
                     dir.display(),
                     c.projection_dim,
                     c.text_config.hidden_size,
-                    self.dims.embed_dim,
-                    self.dims.text_width
+                    dims.embed_dim,
+                    dims.text_width
                 ),
             ));
         }
@@ -307,7 +249,7 @@ impl Conditioning {
         let with = WithEmbeddings::new(
             inner,
             (**store).clone(),
-            self.source == TextEncodingsSource::Store,
+            self.text.source == TextEncodingsSource::Store,
         )
         .map_err(|e| TrainError::invalid("data.embeddings", e))?;
         Ok(Arc::new(with))
@@ -323,13 +265,6 @@ impl Conditioning {
         }
     }
 
-    /// Per-sample drop flags with probability `prob`, keyed by (purpose, step, sample).
-    pub fn drops(key: &NoiseKey, purpose: &str, prob: f64, n: usize) -> Vec<bool> {
-        (0..n)
-            .map(|row| prob > 0.0 && key.rng(purpose, row).uniform_f64() < prob)
-            .collect()
-    }
-
     /// The caption inputs of `batch`, with the rows flagged in `drop` replaced by the empty
     /// caption. `clip` is the frozen CLIP for `on_the_fly`.
     pub fn text<B: Backend>(
@@ -339,9 +274,7 @@ impl Conditioning {
         clip: Option<&Clip<B>>,
         device: &B::Device,
     ) -> Result<TextInputs<B>, TrainError> {
-        let n = batch.len();
-        let d = self.dims;
-        let (embed, encodings) = match (self.source, clip) {
+        let (embed, encodings) = match (self.text.source, clip) {
             (TextEncodingsSource::OnTheFly, Some(clip)) => {
                 let f = batch
                     .field("tokens")
@@ -368,49 +301,9 @@ impl Conditioning {
             }
             (TextEncodingsSource::None, _) => (batch.tensor::<B, 2>("text_embed", device)?, None),
         };
-        if !drop.iter().any(|&x| x) {
-            return Ok(TextInputs { embed, encodings });
-        }
-        let keep = |dims: Vec<usize>| {
-            let per: usize = dims[1..].iter().product();
-            let v: Vec<f32> = drop
-                .iter()
-                .flat_map(|&dr| std::iter::repeat_n(if dr { 0.0 } else { 1.0 }, per))
-                .collect();
-            TensorData::new(v, dims)
-        };
-        let rows = |values: &[f32], dims: Vec<usize>| {
-            let v: Vec<f32> = (0..n).flat_map(|_| values.iter().copied()).collect();
-            TensorData::new(v, dims)
-        };
-        let k2 = Tensor::<B, 2>::from_data(keep(vec![n, d.embed_dim]), device);
-        let e2 =
-            Tensor::<B, 2>::from_data(rows(&self.empty.text_embed, vec![n, d.embed_dim]), device);
-        let embed = embed * k2.clone() + e2 * (k2.neg() + 1.0);
-        let encodings = match encodings {
-            Some((enc, mask)) => {
-                let (ee, em) = match (&self.empty.encodings, &self.empty.mask) {
-                    (Some(ee), Some(em)) => (ee.clone(), em.clone()),
-                    _ => {
-                        return Err(TrainError::Task(
-                            "the empty caption has no encodings".into(),
-                        ))
-                    }
-                };
-                let dims = vec![n, d.text_len, d.text_width];
-                let k3 = Tensor::<B, 3>::from_data(keep(dims.clone()), device);
-                let e3 = Tensor::<B, 3>::from_data(rows(&ee, dims), device);
-                let enc = enc * k3.clone() + e3 * (k3.neg() + 1.0);
-                let em: Vec<f32> = em.iter().map(|&m| m as u8 as f32).collect();
-                let km = Tensor::<B, 2>::from_data(keep(vec![n, d.text_len]), device);
-                let m = mask.float() * km.clone()
-                    + Tensor::<B, 2>::from_data(rows(&em, vec![n, d.text_len]), device)
-                        * (km.neg() + 1.0);
-                Some((enc, m.greater_elem(0.5)))
-            }
-            None => None,
-        };
-        Ok(TextInputs { embed, encodings })
+        Ok(self
+            .text
+            .with_dropped(TextInputs { embed, encodings }, drop, device)?)
     }
 }
 

@@ -219,7 +219,7 @@ impl<B: AutodiffBackend> TrainTask<B> for DenoiseTask {
         let s = self.image_size;
         let shape = [count, 3, s, s];
         let normal = |purpose: &str, step: u64| {
-            super::keyed_normal::<B, 4>(key.seed, purpose, step, shape, device)
+            unclip_stages::keyed_normal::<B, 4>(key.seed, purpose, step, shape, device)
         };
         let x0 = self.sampler.sample(
             normal("preview_start", key.step),
@@ -228,6 +228,6 @@ impl<B: AutodiffBackend> TrainTask<B> for DenoiseTask {
             |_| {},
         );
         let pixels: Vec<f32> = super::to_vec(x0)?;
-        Ok(Some(crate::plot::image_grid(&pixels, count, s)))
+        Ok(Some(unclip_data::pixels::chw_grid(&pixels, count, s, None)))
     }
 }

@@ -1,4 +1,6 @@
-//! The [`TrainTask`](crate::TrainTask) implementations that live in the engine itself.
+//! The [`TrainTask`](crate::TrainTask) of each stage: what wires a stage (its network and
+//! sampling from `unclip-stages`) to its data, loss, validation metrics and previews — and the
+//! helpers they share (keyed timesteps and noise, retrieval counts, preview batches).
 
 pub mod clip;
 pub mod cond;
@@ -13,7 +15,6 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Tensor, TensorData};
 use unclip_diffusion::{GaussianDiffusion, LossOptions};
 use unclip_models::NoiseKey;
-use unclip_rng::KeyedRng;
 
 use crate::{TrainError, ValidationSums};
 
@@ -44,20 +45,6 @@ pub(crate) fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<Vec<
         .convert::<f32>()
         .to_vec()
         .map_err(|e| TrainError::Task(format!("reading a tensor: {e:?}")))
-}
-
-/// Standard normal numbers of `shape` from `KeyedRng(seed, purpose, step, 0)`: the start and
-/// step noise of the sampling previews.
-pub(crate) fn keyed_normal<B: Backend, const D: usize>(
-    seed: u64,
-    purpose: &str,
-    step: u64,
-    shape: [usize; D],
-    device: &B::Device,
-) -> Tensor<B, D> {
-    let mut v = vec![0f32; shape.iter().product()];
-    KeyedRng::new(seed, purpose, step, 0).fill_normal_f32(&mut v);
-    Tensor::from_data(TensorData::new(v, shape), device)
 }
 
 /// The validation sums of a diffusion stage without metrics of its own: its training loss of

@@ -1,116 +1,37 @@
-//! `stage: prior` — the diffusion prior (CLIP text → CLIP image embedding), Karlo / diffusers'
-//! `PriorTransformer`. It trains on the embedding store alone: the shards are read for their
-//! keys (and captions, for `text_encodings: on_the_fly`), images are never decoded. Image
-//! embeddings are standardised per dimension with the store's mean/std (kept in the model);
-//! the model predicts x0 with MSE; the text conditioning is replaced by the empty caption with
-//! probability `text_cond_drop_prob`, drawn per sample from the keyed RNG.
-//!
-//! Sampling ([`sample_embeddings`]): the configured respaced sampler, classifier-free guidance
-//! on x0 against the empty caption, and `n_candidates` draws per caption of which the one with
-//! the largest dot product with the text embedding is kept (the paper's trick). Validation
-//! samples the held-out captions and compares with their true image embeddings.
+//! `stage: prior` in training: the diffusion prior (`unclip_stages::prior`) wired to the
+//! embedding store. It trains on the store alone: the shards are read for their keys (and
+//! captions, for `text_encodings: on_the_fly`), images are never decoded. Image embeddings are
+//! standardised per dimension with the store's mean/std (kept in the model); the model predicts
+//! x0 with MSE; the text conditioning is replaced by the empty caption with probability
+//! `text_cond_drop_prob`, drawn per sample from the keyed RNG. Validation samples the held-out
+//! captions and compares with their true image embeddings.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Bool, ElementConversion, Tensor, TensorData};
+use burn::tensor::{Bool, ElementConversion, Tensor};
 use image::RgbImage;
-use serde::{Deserialize, Serialize};
 use unclip_clip::Clip;
 use unclip_data::{Batch, BatchField, ImageTransform, SampleTransform};
-use unclip_diffusion::{guided_model, DiffusionConfig, GaussianDiffusion, LossOptions, Sampler};
-use unclip_models::{keyed_init, NoiseKey, PriorConfig, PriorTransformer};
-use unclip_rng::KeyedRng;
+use unclip_diffusion::{GaussianDiffusion, LossOptions};
+use unclip_models::{NoiseKey, PriorTransformer};
+use unclip_stages::export::{ExportLayout, ExportMeta, ExportReport};
+use unclip_stages::prior::{sample_embeddings, PriorModelConfig, PriorStage};
+use unclip_stages::text::{ClipDims, TextCond, TextEncodingsSource, TextInputs};
 
-use super::cond::{ClipDims, Conditioning, NoImage, TextEncodingsSource, TextInputs};
+use super::cond::{Conditioning, NoImage};
 use super::to_vec;
 use super::Noised;
-use crate::config::{AtLeastOne, DataSource, Fraction, RunConfig};
-use crate::export::{ExportLayout, ExportMeta, ExportReport};
-use crate::{Split, TrainError, TrainTask, ValidationSums};
-
-/// How image embeddings are brought to the scale the prior's diffusion works at. Whatever the
-/// choice, the model stores it as `clip_mean` / `clip_std` (a fixed scale s is mean 0, std 1/s),
-/// so exports and samplers need not know which was used.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub enum ImageEmbedNorm {
-    /// Per-dimension mean and std of the training store's image embeddings (Karlo, diffusers).
-    #[default]
-    Standardize,
-    /// Multiply the unit-norm embeddings by √D (DALLE2-pytorch).
-    SqrtDim,
-    /// Multiply by a fixed factor (the paper: 17.2).
-    Scale(f64),
-}
-
-/// The `model:` section of `stage: prior`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PriorModelConfig {
-    /// Transformer width.
-    pub width: AtLeastOne,
-    /// Transformer blocks.
-    pub depth: AtLeastOne,
-    /// Attention heads (must divide `width`).
-    pub heads: AtLeastOne,
-    /// Hidden width of the timestep MLP; absent = `width` (diffusers' default).
-    pub time_embed_dim: Option<AtLeastOne>,
-    /// Hidden width of the blocks' MLPs as a multiple of `width`; absent = 4 (diffusers' only
-    /// value: the diffusers export refuses others).
-    pub ff_mult: Option<AtLeastOne>,
-    /// Dropout after attention and inside the MLP.
-    pub dropout: Fraction,
-    /// Where the per-token caption encodings come from: `store`, `on_the_fly` or `none`.
-    pub text_encodings: TextEncodingsSource,
-    /// Probability that a sample's caption is replaced by the empty caption (CFG).
-    pub text_cond_drop_prob: Fraction,
-    /// The frozen CLIP folder the store was made with (needed by `on_the_fly`).
-    pub clip: Option<PathBuf>,
-    /// Candidates drawn per caption at sampling; the one closest to the text embedding wins.
-    pub n_candidates: AtLeastOne,
-    /// `standardize` (per-dimension, from the store), `sqrt_dim` or `{scale: 17.2}`.
-    pub image_embed_norm: ImageEmbedNorm,
-    /// CLIP sizes for `data.source: random` (otherwise read from the embedding store).
-    pub embed_dim: Option<AtLeastOne>,
-    pub text_width: Option<AtLeastOne>,
-    pub text_len: Option<AtLeastOne>,
-}
-
-impl Default for PriorModelConfig {
-    fn default() -> Self {
-        Self {
-            width: AtLeastOne(512),
-            depth: AtLeastOne(6),
-            heads: AtLeastOne(8),
-            time_embed_dim: None,
-            ff_mult: None,
-            dropout: Fraction(0.0),
-            text_encodings: TextEncodingsSource::Store,
-            text_cond_drop_prob: Fraction(0.1),
-            clip: None,
-            n_candidates: AtLeastOne(2),
-            image_embed_norm: ImageEmbedNorm::Standardize,
-            embed_dim: None,
-            text_width: None,
-            text_len: None,
-        }
-    }
-}
+use crate::config::{AtLeastOne, DataSource, RunConfig};
+use crate::{Split, TaskFactory, TrainError, TrainTask, ValidationSums};
 
 /// The prior stage on autodiff backend `B`.
 #[derive(Clone)]
 pub struct PriorTask<B: AutodiffBackend> {
-    pub net: PriorConfig,
-    pub cond: Conditioning,
-    stats: (Vec<f32>, Vec<f32>),
-    seed: u64,
-    drop_prob: f64,
-    n_candidates: usize,
+    pub spec: PriorSpec,
     diffusion: GaussianDiffusion,
-    sampler: Sampler,
     loss: LossOptions,
     guidance: f64,
     /// The frozen CLIP (`on_the_fly`), on the training device, without autodiff.
@@ -124,17 +45,12 @@ const THUMB: u32 = 32;
 /// Held-out samples a preview's samples are matched against.
 const PREVIEW_POOL: usize = 64;
 
-/// What a prior task is built from (backend-independent).
+/// What a prior task is built from (backend-independent): the stage and its data.
 #[derive(Clone)]
 pub struct PriorSpec {
-    pub net: PriorConfig,
+    pub stage: PriorStage,
     pub cond: Conditioning,
-    /// `clip_mean` / `clip_std` the model starts with (see [`ImageEmbedNorm`]).
-    stats: (Vec<f32>, Vec<f32>),
     seed: u64,
-    drop_prob: f64,
-    n_candidates: usize,
-    diffusion: DiffusionConfig,
 }
 
 impl PriorSpec {
@@ -144,7 +60,7 @@ impl PriorSpec {
         let cond = match cfg.data.source {
             DataSource::Shards => {
                 let cond = Conditioning::open(&cfg.data, m.text_encodings, clip)?;
-                let d = cond.dims;
+                let d = cond.text.dims;
                 for (key, given, have) in [
                     ("model.embed_dim", m.embed_dim, d.embed_dim),
                     ("model.text_width", m.text_width, d.text_width),
@@ -175,77 +91,25 @@ impl PriorSpec {
                 Conditioning::random(dims, m.text_encodings, clip)?
             }
         };
-        let net = PriorConfig {
-            embed_dim: cond.dims.embed_dim,
-            width: m.width.0 as usize,
-            depth: m.depth.0 as usize,
-            heads: m.heads.0 as usize,
-            text_len: cond.dims.text_len,
-            text_width: cond.dims.text_width,
-            dropout: m.dropout.0,
-            time_embed_dim: m.time_embed_dim.map(|t| t.0 as usize),
-            ff_mult: m.ff_mult.map(|t| t.0 as usize),
-        };
-        if !net.width.is_multiple_of(net.heads) {
-            return Err(TrainError::invalid(
-                "model.heads",
-                format!("{} does not divide width {}", net.heads, net.width),
-            ));
-        }
-        cfg.diffusion.sampler()?;
-        let d = cond.dims.embed_dim;
-        let scale = |s: f64| -> Result<(Vec<f32>, Vec<f32>), TrainError> {
-            if !(s.is_finite() && s > 0.0) {
-                return Err(TrainError::invalid(
-                    "model.image_embed_norm.scale",
-                    format!("must be a finite number > 0, got {s}"),
-                ));
-            }
-            Ok((vec![0.0; d], vec![(1.0 / s) as f32; d]))
-        };
-        let stats = match m.image_embed_norm {
-            ImageEmbedNorm::Standardize => (cond.image_mean.clone(), cond.image_std.clone()),
-            ImageEmbedNorm::SqrtDim => scale((d as f64).sqrt())?,
-            ImageEmbedNorm::Scale(s) => scale(s)?,
-        };
+        let stats = (cond.image_mean.clone(), cond.image_std.clone());
+        let stage = PriorStage::new(m, cond.text.clone(), stats, &cfg.diffusion)?;
         Ok(Self {
-            net,
+            stage,
             cond,
-            stats,
             seed: cfg.seed,
-            drop_prob: m.text_cond_drop_prob.0,
-            n_candidates: m.n_candidates.0 as usize,
-            diffusion: cfg.diffusion.clone(),
         })
     }
 }
 
-impl PriorSpec {
-    /// The stage's `diffusion:` section.
-    pub fn diffusion_config(&self) -> &DiffusionConfig {
-        &self.diffusion
-    }
-
-    /// Samples drawn per caption at sampling, the best kept (`model.n_candidates`).
-    pub fn n_candidates(&self) -> usize {
-        self.n_candidates
-    }
-}
-
-impl crate::launch::TaskFactory for PriorSpec {
+impl TaskFactory for PriorSpec {
     type Task<B: AutodiffBackend> = PriorTask<B>;
     fn build<B: AutodiffBackend>(&self, device: &B::Device) -> Result<PriorTask<B>, TrainError> {
+        let d = &self.stage.diffusion_config;
         Ok(PriorTask {
-            net: self.net.clone(),
-            cond: self.cond.clone(),
-            stats: self.stats.clone(),
-            seed: self.seed,
-            drop_prob: self.drop_prob,
-            n_candidates: self.n_candidates,
-            diffusion: self.diffusion.diffusion()?,
-            sampler: self.diffusion.sampler()?,
-            loss: self.diffusion.loss_options(),
-            guidance: self.diffusion.sampling.guidance_scale,
+            spec: self.clone(),
+            diffusion: d.diffusion()?,
+            loss: d.loss_options(),
+            guidance: d.sampling.guidance_scale,
             clip: self.cond.load_clip::<B::InnerBackend>(device)?,
             preview_pool: Arc::new(Mutex::new(None)),
         })
@@ -259,158 +123,6 @@ fn roll<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
         return x;
     }
     Tensor::cat(vec![x.clone().narrow(0, 1, n - 1), x.narrow(0, 0, 1)], 0)
-}
-
-fn repeat_rows<B: Backend, const D: usize>(x: Tensor<B, D>, k: usize) -> Tensor<B, D> {
-    if k == 1 {
-        return x;
-    }
-    let n = x.dims()[0];
-    let idx: Vec<i64> = (0..n * k).map(|r| (r / k) as i64).collect();
-    let idx =
-        Tensor::<B, 1, burn::tensor::Int>::from_data(TensorData::new(idx, [n * k]), &x.device());
-    x.select(0, idx)
-}
-
-/// Samples image embeddings (raw CLIP space, [N, D]) for `text` with the prior `model`:
-/// `sampler` steps, guidance `scale` against the empty caption of `cond`, `n_candidates`
-/// per row keeping the one with the largest dot product with the row's text embedding. Noise
-/// comes from `KeyedRng(seed, …, step, indices[row])`, so a caption gets the same sample
-/// whatever the batch it is in.
-#[allow(clippy::too_many_arguments)]
-pub fn sample_embeddings<B: Backend>(
-    model: &PriorTransformer<B>,
-    cond: &Conditioning,
-    sampler: &Sampler,
-    text: &TextInputs<B>,
-    scale: f64,
-    n_candidates: usize,
-    key: &NoiseKey,
-    device: &B::Device,
-) -> Result<Tensor<B, 2>, TrainError> {
-    sample_embeddings_with(
-        model,
-        cond,
-        sampler,
-        text,
-        scale,
-        n_candidates,
-        key,
-        device,
-        &mut || {},
-    )
-}
-
-/// [`sample_embeddings`], calling `on_step` after every sampler step (progress bars).
-#[allow(clippy::too_many_arguments)]
-pub fn sample_embeddings_with<B: Backend>(
-    model: &PriorTransformer<B>,
-    cond: &Conditioning,
-    sampler: &Sampler,
-    text: &TextInputs<B>,
-    scale: f64,
-    n_candidates: usize,
-    key: &NoiseKey,
-    device: &B::Device,
-    on_step: &mut dyn FnMut(),
-) -> Result<Tensor<B, 2>, TrainError> {
-    let n = text.embed.dims()[0];
-    let (k, d) = (n_candidates.max(1), cond.dims.embed_dim);
-    let rows = n * k;
-    let embed = repeat_rows(text.embed.clone(), k);
-    let encodings = text.encodings.clone().map(|(e, m)| {
-        (
-            repeat_rows(e, k),
-            repeat_rows(m.float(), k).greater_elem(0.5),
-        )
-    });
-    let (embed, encodings) = if scale != 1.0 {
-        let empty = cond.empty_inputs::<B>(rows, device)?;
-        let embed = Tensor::cat(vec![embed, empty.embed], 0);
-        let encodings = match (encodings, empty.encodings) {
-            (Some((e, m)), Some((ee, em))) => Some((
-                Tensor::cat(vec![e, ee], 0),
-                Tensor::cat(vec![m.int(), em.int()], 0).bool(),
-            )),
-            _ => None,
-        };
-        (embed, encodings)
-    } else {
-        (embed, encodings)
-    };
-    let (enc, mask) = match encodings {
-        Some((e, m)) => (Some(e), Some(m)),
-        None => (None, None),
-    };
-    let net = |x: Tensor<B, 2>, t: &[usize]| {
-        let t: Vec<f64> = t.iter().map(|&v| v as f64).collect();
-        model.forward(x, &t, embed.clone(), enc.clone(), mask.clone(), None)
-    };
-    let row_index = |r: usize| key.indices[r / k].wrapping_mul(k as u64) + (r % k) as u64;
-    let normal = |purpose: &str| {
-        let mut v = vec![0f32; rows * d];
-        for (r, chunk) in v.chunks_mut(d).enumerate() {
-            KeyedRng::new(key.seed, purpose, key.step, row_index(r)).fill_normal_f32(chunk);
-        }
-        Tensor::<B, 2>::from_data(TensorData::new(v, [rows, d]), device)
-    };
-    let start = normal("prior_sample_start");
-    let noise = |step: usize| normal(&format!("prior_sample_noise/{step}"));
-    let variance = sampler.diffusion().variance();
-    let x0 = if scale != 1.0 {
-        sampler.sample(start, guided_model(net, scale, variance), noise, |_| {
-            on_step()
-        })
-    } else {
-        sampler.sample(start, net, noise, |_| on_step())
-    };
-    let z = model.unstandardize(x0);
-    if k == 1 {
-        return Ok(z);
-    }
-    // Keep, per caption, the candidate with the largest dot product with its text embedding.
-    let scores = to_vec((z.clone() * repeat_rows(text.embed.clone(), k)).sum_dim(1))?;
-    let best: Vec<i64> = (0..n)
-        .map(|i| {
-            let c = (0..k)
-                .max_by(|&a, &b| scores[i * k + a].total_cmp(&scores[i * k + b]))
-                .unwrap_or(0);
-            (i * k + c) as i64
-        })
-        .collect();
-    let best = Tensor::<B, 1, burn::tensor::Int>::from_data(TensorData::new(best, [n]), device);
-    Ok(z.select(0, best))
-}
-
-impl Conditioning {
-    /// The empty caption repeated `n` times, as the unconditional branch of guidance.
-    pub fn empty_inputs<B: Backend>(
-        &self,
-        n: usize,
-        device: &B::Device,
-    ) -> Result<TextInputs<B>, TrainError> {
-        let d = self.dims;
-        let rep = |v: &[f32]| -> Vec<f32> { (0..n).flat_map(|_| v.iter().copied()).collect() };
-        let embed = Tensor::<B, 2>::from_data(
-            TensorData::new(rep(&self.empty.text_embed), [n, d.embed_dim]),
-            device,
-        );
-        let encodings = match (&self.empty.encodings, &self.empty.mask) {
-            (Some(e), Some(m)) if self.source != TextEncodingsSource::None => {
-                let m: Vec<f32> = m.iter().map(|&b| b as u8 as f32).collect();
-                Some((
-                    Tensor::<B, 3>::from_data(
-                        TensorData::new(rep(e), [n, d.text_len, d.text_width]),
-                        device,
-                    ),
-                    Tensor::<B, 2>::from_data(TensorData::new(rep(&m), [n, d.text_len]), device)
-                        .greater_elem(0.5),
-                ))
-            }
-            _ => None,
-        };
-        Ok(TextInputs { embed, encodings })
-    }
 }
 
 /// Per-row cosine similarity of two [N, D] tensors.
@@ -433,15 +145,15 @@ impl<B: AutodiffBackend> PriorTask<B> {
         if let Some(b) = cached.as_ref() {
             return Ok(Some(b.clone()));
         }
-        let Some((shards, split)) = self.cond.preview_stream() else {
+        let Some((shards, split)) = self.spec.cond.preview_stream() else {
             return Ok(None);
         };
         let thumbs = Arc::new(ImageTransform::new(THUMB));
         let batch = super::first_samples(
             &shards,
             PREVIEW_POOL,
-            self.seed,
-            self.cond.transform(thumbs, split)?,
+            self.spec.seed,
+            self.spec.cond.transform(thumbs, split)?,
         )?;
         *cached = Some(batch.clone());
         Ok(Some(batch))
@@ -453,10 +165,11 @@ impl<B: AutodiffBackend> PriorTask<B> {
         drop: &[bool],
         device: &BB::Device,
     ) -> Result<TextInputs<BB>, TrainError> {
-        match (&self.clip, self.cond.source) {
+        match (&self.clip, self.spec.cond.text.source) {
             (Some(clip), TextEncodingsSource::OnTheFly) => {
                 // The frozen CLIP runs without autodiff; its outputs enter as constants.
                 let t = self
+                    .spec
                     .cond
                     .text::<B::InnerBackend>(batch, drop, Some(clip), device)?;
                 let conv2 = |x: Tensor<B::InnerBackend, 2>| {
@@ -472,7 +185,7 @@ impl<B: AutodiffBackend> PriorTask<B> {
                     }),
                 })
             }
-            _ => self.cond.text::<BB>(batch, drop, None, device),
+            _ => self.spec.cond.text::<BB>(batch, drop, None, device),
         }
     }
 
@@ -516,9 +229,7 @@ impl<B: AutodiffBackend> TrainTask<B> for PriorTask<B> {
     type Model = PriorTransformer<B>;
 
     fn init_model(&self, device: &B::Device) -> Self::Model {
-        let m = keyed_init(self.net.init(device), self.seed)
-            .expect("the prior's random parameters are all Linear weights");
-        m.with_stats(&self.stats.0, &self.stats.1)
+        self.spec.stage.init(self.spec.seed, device)
     }
 
     fn init_is_seeded(&self) -> bool {
@@ -526,11 +237,11 @@ impl<B: AutodiffBackend> TrainTask<B> for PriorTask<B> {
     }
 
     fn transform(&self, split: Split) -> Result<Arc<dyn SampleTransform>, TrainError> {
-        self.cond.transform(Arc::new(NoImage), split)
+        self.spec.cond.transform(Arc::new(NoImage), split)
     }
 
     fn random_batch(&self, batch_size: usize, key: &NoiseKey) -> Batch {
-        let d = self.cond.dims;
+        let d = self.spec.cond.text.dims;
         let normalized = |purpose: &str, row: usize| {
             let mut v = vec![0f32; d.embed_dim];
             key.rng(purpose, row).fill_normal_f32(&mut v);
@@ -554,7 +265,7 @@ impl<B: AutodiffBackend> TrainTask<B> for PriorTask<B> {
                     .collect(),
             },
         ];
-        if self.cond.source == TextEncodingsSource::Store {
+        if self.spec.cond.text.source == TextEncodingsSource::Store {
             let per = d.text_len * d.text_width;
             let mut enc = vec![0f32; batch_size * per];
             let mut mask = vec![0f32; batch_size * d.text_len];
@@ -591,7 +302,8 @@ impl<B: AutodiffBackend> TrainTask<B> for PriorTask<B> {
         key: &NoiseKey,
         device: &B::Device,
     ) -> Result<Tensor<B, 1>, TrainError> {
-        let drop = Conditioning::drops(key, "text_drop", self.drop_prob, batch.len());
+        let drop_prob = self.spec.stage.model.text_cond_drop_prob.0;
+        let drop = TextCond::drops(key, "text_drop", drop_prob, batch.len());
         Ok(self.loss_of(model, batch, key, &drop, true, device)?.mean())
     }
 
@@ -609,7 +321,7 @@ impl<B: AutodiffBackend> TrainTask<B> for PriorTask<B> {
             .sum()
             .into_scalar()
             .elem::<f64>();
-        let d = self.cond.dims.embed_dim;
+        let d = self.spec.cond.text.dims.embed_dim;
         let text = self.text::<B::InnerBackend>(batch, &vec![false; n], device)?;
         let shuffled = TextInputs {
             embed: roll(text.embed.clone()),
@@ -621,11 +333,11 @@ impl<B: AutodiffBackend> TrainTask<B> for PriorTask<B> {
         let sample = |t: &TextInputs<B::InnerBackend>| {
             sample_embeddings(
                 &model,
-                &self.cond,
-                &self.sampler,
+                &self.spec.stage.text,
+                &self.spec.stage.sampler,
                 t,
                 self.guidance,
-                self.n_candidates,
+                self.spec.stage.n_candidates(),
                 key,
                 device,
             )
@@ -638,7 +350,9 @@ impl<B: AutodiffBackend> TrainTask<B> for PriorTask<B> {
             .data
             .clone();
         let text_embed = to_vec(text.embed)?;
-        let mean: Vec<f32> = (0..n).flat_map(|_| self.cond.image_mean.clone()).collect();
+        let mean: Vec<f32> = (0..n)
+            .flat_map(|_| self.spec.cond.image_mean.clone())
+            .collect();
         // Retrieval: is the true image embedding the nearest (by cosine) to the prediction
         // among the batch's? A same-caption image counts as correct, as in the CLIP stage.
         let mut sims = vec![0f32; n * n];
@@ -702,15 +416,15 @@ impl<B: AutodiffBackend> TrainTask<B> for PriorTask<B> {
         };
         let sampled = to_vec(sample_embeddings(
             &model,
-            &self.cond,
-            &self.sampler,
+            &self.spec.stage.text,
+            &self.spec.stage.sampler,
             &text,
             self.guidance,
-            self.n_candidates,
+            self.spec.stage.n_candidates(),
             &k,
             device,
         )?)?;
-        let d = self.cond.dims.embed_dim;
+        let d = self.spec.cond.text.dims.embed_dim;
         let truth = &pool
             .field("image_embed")
             .ok_or_else(|| TrainError::Task("no image_embed".into()))?
@@ -730,11 +444,11 @@ impl<B: AutodiffBackend> TrainTask<B> for PriorTask<B> {
                 pixels.extend_from_slice(&images[j * per..(j + 1) * per]);
             }
         }
-        Ok(Some(crate::plot::image_grid_with_columns(
+        Ok(Some(unclip_data::pixels::chw_grid(
             &pixels,
             2 * n,
             THUMB as usize,
-            2,
+            Some(2),
         )))
     }
 
@@ -745,16 +459,6 @@ impl<B: AutodiffBackend> TrainTask<B> for PriorTask<B> {
         out: &Path,
         layout: ExportLayout,
     ) -> Result<ExportReport, TrainError> {
-        let mut meta = meta.clone();
-        self.cond.dims.record(&mut meta.model);
-        let meta = &meta;
-        match layout {
-            ExportLayout::Native => crate::export::write_native::<B, _>(model, meta, out),
-            ExportLayout::Diffusers => {
-                let (config, tensors) =
-                    unclip_models::prior_to_diffusers(model).map_err(TrainError::Task)?;
-                crate::export::write_diffusers(out, &config, tensors, meta)
-            }
-        }
+        Ok(self.spec.stage.export(model, meta, out, layout)?)
     }
 }

@@ -1,0 +1,203 @@
+//! The embedding job with a stand-in encoder: alignment, missing samples, resume.
+
+use image::RgbImage;
+use std::path::Path;
+use unclip_data::store::{read_embeddings, ClipInfo, EmbeddingStore, TextEncodings};
+use unclip_embed::embed::{embed, EmbedJob, Embedder, TextBatch};
+
+/// Embeds an image as its normalised mean colour and a caption as a normalised byte histogram.
+struct Fake {
+    name: &'static str,
+}
+
+const D: usize = 4;
+
+fn normalise(mut v: Vec<f32>) -> Vec<f32> {
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-6);
+    v.iter_mut().for_each(|x| *x /= n);
+    v
+}
+
+fn text_vec(c: &str) -> Vec<f32> {
+    let mut v = vec![0.1f32; D];
+    for (i, b) in c.bytes().enumerate() {
+        v[(b as usize + i) % D] += 1.0;
+    }
+    normalise(v)
+}
+
+impl Embedder for Fake {
+    fn info(&self) -> ClipInfo {
+        ClipInfo {
+            source: "fake".into(),
+            weights_sha256: self.name.into(),
+            tokenizer_sha256: "t".into(),
+            embed_dim: D,
+            text_width: 2,
+            context_length: 3,
+        }
+    }
+    fn preprocess(&self, img: &RgbImage) -> Result<Vec<f32>, String> {
+        let n = (img.width() * img.height()) as f32;
+        let mut m = [0f32; 3];
+        for p in img.pixels() {
+            for c in 0..3 {
+                m[c] += p[c] as f32 / 255.0 / n;
+            }
+        }
+        Ok(m.to_vec())
+    }
+    fn embed_images(&self, pixels: Vec<f32>, n: usize) -> anyhow::Result<Vec<f32>> {
+        assert_eq!(pixels.len(), n * 3);
+        Ok(pixels
+            .chunks(3)
+            .flat_map(|m| normalise(vec![m[0], m[1], m[2], 0.5]))
+            .collect())
+    }
+    fn embed_texts(&self, captions: &[String], encodings: bool) -> anyhow::Result<TextBatch> {
+        Ok(TextBatch {
+            embeds: captions.iter().flat_map(|c| text_vec(c)).collect(),
+            encodings: encodings.then(|| TextEncodings {
+                context: 3,
+                width: 2,
+                values: captions
+                    .iter()
+                    .flat_map(|c| vec![c.len() as f32 / 100.0; 6])
+                    .collect(),
+                mask: captions.iter().flat_map(|_| [1, 1, 0]).collect(),
+            }),
+        })
+    }
+}
+
+fn shapes(dir: &Path) -> std::path::PathBuf {
+    let mut o = unclip_data_tools::SynthOptions::new(dir.join("shapes"));
+    o.count = 90;
+    o.size = 16;
+    o.samples_per_shard = 30;
+    o.val_fraction = 0.0;
+    unclip_data_tools::synth(&o).unwrap();
+    dir.join("shapes/train")
+}
+
+fn job(shards: &Path, out: &Path, text_encodings: bool) -> EmbedJob {
+    EmbedJob {
+        shards: shards.to_string_lossy().into_owned(),
+        out: out.to_path_buf(),
+        batch_size: 7,
+        workers: 2,
+        text_encodings,
+        caption_json_field: None,
+        max_pixels: u64::MAX,
+    }
+}
+
+#[test]
+fn embeds_every_shard_aligned_by_key_and_records_missing_samples() {
+    let dir = tempfile::tempdir().unwrap();
+    let shards = shapes(dir.path());
+    // Break one image of shard 1: it must be recorded as missing, not shift the rows.
+    let shard1 = shards.join("00001.tar");
+    let mut members = unclip_data_tools::read_members(&shard1).unwrap();
+    for (name, data) in &mut members {
+        if name == "000010005.png" {
+            *data = b"broken".to_vec();
+        }
+    }
+    unclip_data_tools::write_shard(&shard1, &members).unwrap();
+
+    let out = dir.path().join("emb");
+    let report = embed(&job(&shards, &out, true), &Fake { name: "fake" }).unwrap();
+    assert_eq!(report.embedded_shards, 3);
+    assert_eq!(report.samples, 89);
+    assert_eq!(report.missing.get("undecodable_image"), Some(&1));
+
+    let store = EmbeddingStore::open(&out).unwrap();
+    let list = unclip_data::spec::resolve(&shards.to_string_lossy()).unwrap();
+    store.check_shards(&list).unwrap();
+    let e = store.load_shard(&shard1).unwrap();
+    assert_eq!(
+        e.missing,
+        [("000010005".to_string(), "undecodable_image".to_string())]
+    );
+    assert_eq!(e.text_encodings.as_ref().unwrap().mask.len(), e.len() * 3);
+    // Each row is its own sample's embedding: compare with the pixels and caption.
+    let members = unclip_data_tools::read_members(&shard1).unwrap();
+    let fake = Fake { name: "fake" };
+    for (row, key) in e.keys.iter().enumerate() {
+        let png = &members
+            .iter()
+            .find(|(n, _)| *n == format!("{key}.png"))
+            .unwrap()
+            .1;
+        let txt = &members
+            .iter()
+            .find(|(n, _)| *n == format!("{key}.txt"))
+            .unwrap()
+            .1;
+        let img = image::load_from_memory(png).unwrap().to_rgb8();
+        let want = fake
+            .embed_images(fake.preprocess(&img).unwrap(), 1)
+            .unwrap();
+        for (a, b) in e.image_row(row).iter().zip(&want) {
+            assert!((a - b).abs() < 2e-3, "{key}");
+        }
+        let want = text_vec(std::str::from_utf8(txt).unwrap().trim());
+        for (a, b) in e.text_row(row).iter().zip(&want) {
+            assert!((a - b).abs() < 2e-3, "{key}");
+        }
+    }
+    assert_eq!(store.manifest.image_embed_mean.len(), D);
+    assert!(store.manifest.empty_caption.is_some());
+    let empty = read_embeddings(&out.join("empty_caption.safetensors")).unwrap();
+    assert_eq!(empty.text_row(0).len(), D);
+}
+
+#[test]
+fn an_interrupted_job_finishes_on_rerun_with_identical_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let shards = shapes(dir.path());
+    let straight = dir.path().join("straight");
+    embed(&job(&shards, &straight, false), &Fake { name: "fake" }).unwrap();
+
+    // Simulate a crash while shard 2 was being embedded: its manifest entry never got written,
+    // and a temporary file was left behind.
+    let resumed = dir.path().join("resumed");
+    embed(&job(&shards, &resumed, false), &Fake { name: "fake" }).unwrap();
+    let mut m = unclip_data::store::Manifest::load(&resumed).unwrap();
+    m.shards.retain(|e| e.shard != "00002.tar");
+    m.save(&resumed).unwrap();
+    std::fs::remove_file(resumed.join("00002.emb.safetensors")).unwrap();
+    std::fs::write(resumed.join(".tmp-1-0-00002.emb.safetensors"), b"partial").unwrap();
+
+    let report = embed(&job(&shards, &resumed, false), &Fake { name: "fake" }).unwrap();
+    assert_eq!((report.skipped_shards, report.embedded_shards), (2, 1));
+    for f in [
+        "00000.emb.safetensors",
+        "00001.emb.safetensors",
+        "00002.emb.safetensors",
+        "manifest.json",
+    ] {
+        assert_eq!(
+            std::fs::read(straight.join(f)).unwrap(),
+            std::fs::read(resumed.join(f)).unwrap(),
+            "{f}"
+        );
+    }
+}
+
+#[test]
+fn a_store_from_another_model_is_not_mixed_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let shards = shapes(dir.path());
+    let out = dir.path().join("emb");
+    embed(&job(&shards, &out, false), &Fake { name: "a" }).unwrap();
+    let err = embed(&job(&shards, &out, false), &Fake { name: "b" })
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("another model"), "{err}");
+    let err = embed(&job(&shards, &out, true), &Fake { name: "a" })
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("other options"), "{err}");
+}

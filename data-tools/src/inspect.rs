@@ -1,8 +1,9 @@
 //! `unclip data inspect SPEC`: what is in a set of shards, read through the real loader.
 //!
 //! Counts good samples and bad ones by reason (exactly as training would skip them), gathers
-//! caption-length and image-size statistics, and draws a contact sheet of the first K samples
-//! with their captions. `--json` prints one machine-readable object.
+//! caption-length and image-size statistics, and, when asked (`--contact-sheet PATH`), draws a
+//! contact sheet of the first K samples with their captions. It writes no other file. `--json`
+//! prints one machine-readable object.
 
 use anyhow::Context;
 use image::{Rgb, RgbImage};
@@ -25,9 +26,10 @@ pub struct InspectOptions {
     /// Samples shown on the contact sheet.
     #[arg(short = 'k', long = "contact-sheet-samples", default_value_t = 32)]
     pub k: usize,
-    /// Where to write the contact sheet (PNG); none is drawn when `-k 0`.
-    #[arg(long, default_value = "contact-sheet.png")]
-    pub contact_sheet: PathBuf,
+    /// Draw a contact sheet of the first `-k` samples into this PNG (nothing is written
+    /// without it).
+    #[arg(long)]
+    pub contact_sheet: Option<PathBuf>,
     /// Decode threads.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
@@ -147,8 +149,24 @@ pub fn inspect(opts: &InspectOptions) -> anyhow::Result<InspectReport> {
     if let Some(field) = &opts.caption_json_field {
         config.caption = CaptionSource::Json(field.clone());
     }
+    if let Some(sheet) = &opts.contact_sheet {
+        let same = |s: &PathBuf| {
+            std::fs::canonicalize(s).ok() == std::fs::canonicalize(sheet).ok() && sheet.exists()
+        };
+        if shards.iter().any(same) {
+            anyhow::bail!(
+                "--contact-sheet {} names one of the shards being inspected: choose another file",
+                sheet.display()
+            );
+        }
+    }
+    let k = if opts.contact_sheet.is_some() {
+        opts.k
+    } else {
+        0
+    };
     let total = unclip_data::count_samples(&shards, config.workers);
-    let transform = Arc::new(InspectTransform { k: opts.k as u64 });
+    let transform = Arc::new(InspectTransform { k: k as u64 });
     let mut loader = Loader::new(config, Partition::SINGLE, transform, None)?;
     let bar = progress_bar(total, "inspecting");
     let (mut chars, mut words, mut width, mut height) = (
@@ -172,8 +190,12 @@ pub fn inspect(opts: &InspectOptions) -> anyhow::Result<InspectReport> {
         height.add(size[1] as f64);
         *sizes.entry((size[0] as u32, size[1] as u32)).or_default() += 1;
         if let Some(t) = batch.field("thumb") {
-            if thumbs.len() < opts.k {
-                thumbs.push((from_chw_unit(&t.data, THUMB, THUMB), caption));
+            if thumbs.len() < k {
+                let side = THUMB as usize;
+                thumbs.push((
+                    unclip_data::pixels::chw_to_rgb(&t.data, side, side),
+                    caption,
+                ));
             }
         }
         let seen = loader.summary().samples + loader.summary().skipped_total();
@@ -182,20 +204,13 @@ pub fn inspect(opts: &InspectOptions) -> anyhow::Result<InspectReport> {
     }
     bar.finish_and_clear();
     let summary: LoaderSummary = loader.summary().clone();
-    let contact_sheet = if opts.k > 0 && !thumbs.is_empty() {
-        let sheet = contact_sheet(&thumbs);
-        let mut bytes = Vec::new();
-        sheet
-            .write_to(
-                &mut std::io::Cursor::new(&mut bytes),
-                image::ImageFormat::Png,
-            )
-            .context("encoding the contact sheet")?;
-        unclip_fs::write_atomic(&opts.contact_sheet, &bytes)
-            .with_context(|| format!("writing {}", opts.contact_sheet.display()))?;
-        Some(opts.contact_sheet.clone())
-    } else {
-        None
+    let contact_sheet = match &opts.contact_sheet {
+        Some(path) if !thumbs.is_empty() => {
+            unclip_fs::write_png(path, &contact_sheet(&thumbs))
+                .with_context(|| format!("writing {}", path.display()))?;
+            Some(path.clone())
+        }
+        _ => None,
     };
     let mut by_count: Vec<((u32, u32), u64)> = sizes.into_iter().collect();
     by_count.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
@@ -242,15 +257,6 @@ pub fn render_text(r: &InspectReport) -> String {
         s += &format!("contact sheet    {}\n", p.display());
     }
     s
-}
-
-fn from_chw_unit(data: &[f32], w: u32, h: u32) -> RgbImage {
-    let n = (w * h) as usize;
-    RgbImage::from_fn(w, h, |x, y| {
-        let i = (y * w + x) as usize;
-        let px = |c: usize| ((data[c * n + i] + 1.0) * 127.5).round().clamp(0.0, 255.0) as u8;
-        Rgb([px(0), px(1), px(2)])
-    })
 }
 
 /// Thumbnails in a grid, each with up to three lines of its caption beneath (8×8 bitmap font).

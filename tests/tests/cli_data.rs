@@ -52,15 +52,29 @@ fn synth_then_inspect_counts_every_sample_and_draws_a_contact_sheet() {
     assert_eq!(inspected["image_sizes"]["32x32"].as_u64(), Some(train));
     let img = image::open(&sheet).unwrap();
     assert!(img.width() > 8 * 32 && img.height() > 96);
-    // The human-readable form names the same figures.
-    let text = unclip_ok(
-        BIN,
-        &["data", "inspect", &format!("{out_s}/train"), "-k", "0"],
-    );
+    // The human-readable form names the same figures, and without `--contact-sheet` nothing
+    // is written, not even into the current folder.
+    let cwd = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["data", "inspect", &format!("{out_s}/train")])
+        .current_dir(cwd.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains(&format!("good samples     {train}")),
         "{text}"
     );
+    let written: Vec<_> = std::fs::read_dir(cwd.path()).unwrap().collect();
+    assert!(written.is_empty(), "inspect wrote {written:?}");
+    // A contact sheet never replaces a shard it reads.
+    let shard = out_s.to_owned() + "/train/00000.tar";
+    let before = std::fs::read(&shard).unwrap();
+    let refused = unclip(BIN, &["data", "inspect", &shard, "--contact-sheet", &shard]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("names one of the shards"));
+    assert_eq!(std::fs::read(&shard).unwrap(), before);
 }
 
 #[test]

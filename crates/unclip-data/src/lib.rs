@@ -32,6 +32,7 @@ pub mod shard;
 pub mod spec;
 pub mod store;
 pub mod superres;
+mod tarstream;
 pub mod transform;
 
 pub use batch::{Batch, BatchField};

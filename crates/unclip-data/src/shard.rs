@@ -12,10 +12,16 @@
 //! decodes it (see [`MemberData`]). That keeps the shuffle buffer small, lets every rank scan the
 //! whole stream cheaply, and makes replaying a stream on resume fast. Compressed shards are read
 //! sequentially with their bytes inline.
+//!
+//! A shard cut short or damaged loses only what did not arrive whole: every sample whose
+//! members were all complete before the damage is delivered, and the damage is one counted
+//! problem (see [`ShardItem`]).
 
 use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::BufReader;
 use std::path::Path;
+
+use crate::tarstream::{End, FileSource, Source, StreamSource, TarStream};
 
 /// Where a member's bytes are.
 #[derive(Debug, Clone)]
@@ -54,10 +60,17 @@ impl RawSample {
 #[derive(Debug, Clone)]
 pub enum ShardItem {
     Sample(RawSample),
-    /// A shard-level problem (a skip reason and a detail). Reading the shard stops after
-    /// `corrupt_tar` and `unreadable_shard`; a sample cut short by the problem is dropped and
-    /// counted as `truncated_sample`.
+    /// A shard-level problem (a skip reason and a detail), counted once: `truncated_sample` (a
+    /// member cut short: its sample is lost), `truncated_shard` (the shard ends inside a header:
+    /// nothing is lost), `corrupt_tar` (a header that is not a tar header), `unreadable_shard`
+    /// (the shard cannot be opened or stops being readable), `empty_shard`. Reading stops after
+    /// any of them but `empty_shard`; every sample whose members all arrived whole before it is
+    /// delivered first.
     Problem(&'static str, String),
+    /// Something worth counting that loses nothing: `missing_end_of_archive` (the shard ends at
+    /// a member boundary without tar's end-of-archive blocks — a cut there cannot be told from
+    /// a complete shard).
+    Warning(&'static str, String),
 }
 
 /// `base_plus_ext` of webdataset: `(key, extension)` or `None` for members that are ignored.
@@ -91,6 +104,12 @@ struct Grouper<'a> {
 }
 
 impl Grouper<'_> {
+    fn send(&mut self, item: ShardItem) {
+        if !self.stopped && !(self.emit)(item) {
+            self.stopped = true;
+        }
+    }
+
     fn push(&mut self, key: &str, ext: String, data: MemberData) {
         if self.current.as_ref().is_some_and(|s| s.key != key) {
             self.flush();
@@ -107,25 +126,33 @@ impl Grouper<'_> {
         sample.members.push(Member { ext, data });
     }
 
+    /// Delivers the sample being gathered: every member it has arrived whole.
     fn flush(&mut self) {
         if let Some(s) = self.current.take() {
             self.samples += 1;
-            if !self.stopped && !(self.emit)(ShardItem::Sample(s)) {
-                self.stopped = true;
-            }
+            self.send(ShardItem::Sample(s));
         }
     }
 
-    fn problem(&mut self, reason: &'static str, detail: String) {
-        if self.current.take().is_some() {
-            self.samples += 1;
-            if !self.stopped {
-                self.stopped = !(self.emit)(ShardItem::Problem("truncated_sample", detail.clone()));
-            }
+    /// The data of the member named `name` was cut: its sample is lost (the one being gathered,
+    /// when the member belongs to it), every complete one before it delivered.
+    fn cut_member(&mut self, name: &str, detail: String) {
+        let Some((key, _)) = split_member_path(name) else {
+            self.flush();
+            return self.send(ShardItem::Problem("truncated_shard", detail));
+        };
+        if self.current.as_ref().is_some_and(|s| s.key != key) {
+            self.flush();
         }
-        if !self.stopped {
-            self.stopped = !(self.emit)(ShardItem::Problem(reason, detail));
-        }
+        self.current = None;
+        self.samples += 1;
+        self.send(ShardItem::Problem("truncated_sample", detail));
+    }
+
+    /// The shard stops here for `reason`; the sample being gathered arrived whole.
+    fn stop(&mut self, reason: &'static str, detail: String) {
+        self.flush();
+        self.send(ShardItem::Problem(reason, detail));
     }
 }
 
@@ -144,87 +171,88 @@ pub fn read_shard(path: &Path, shard: u32, emit: &mut dyn FnMut(ShardItem) -> bo
         samples: 0,
         stopped: false,
     };
-    let file = match File::open(path) {
-        Ok(f) => f,
+    let shown = path.display().to_string();
+    let opened = File::open(path).and_then(|f| Ok((f.metadata()?.len(), f)));
+    let (len, file) = match opened {
+        Ok(x) => x,
         Err(e) => {
-            g.problem("unreadable_shard", format!("{}: {e}", path.display()));
+            g.stop("unreadable_shard", format!("{shown}: {e}"));
             return 0;
         }
     };
-    let result = if is_compressed(path) {
-        read_sequential(
-            flate2::read::MultiGzDecoder::new(BufReader::with_capacity(1 << 16, file)),
-            &mut g,
-        )
+    let reader = BufReader::with_capacity(1 << 16, file);
+    if is_compressed(path) {
+        let gz = flate2::read::MultiGzDecoder::new(reader);
+        read_archive(TarStream::new(StreamSource(gz)), true, &shown, &mut g);
     } else {
-        read_seeking(file, &mut g)
-    };
-    match result {
-        Ok(()) => {
-            g.flush();
-            if g.samples == 0 && !g.stopped {
-                (g.emit)(ShardItem::Problem(
-                    "empty_shard",
-                    path.display().to_string(),
-                ));
-            }
-        }
-        Err(e) => g.problem("corrupt_tar", format!("{}: {e}", path.display())),
+        let src = FileSource {
+            reader,
+            pos: 0,
+            len,
+        };
+        read_archive(TarStream::new(src), false, &shown, &mut g);
     }
     g.samples
 }
 
-fn member_name(entry: &tar::Entry<'_, impl Read>) -> Option<String> {
-    let kind = entry.header().entry_type();
-    if !(kind.is_file() || kind == tar::EntryType::Continuous) {
-        return None;
-    }
-    entry.path().ok().map(|p| p.to_string_lossy().into_owned())
-}
-
-fn read_seeking(file: File, g: &mut Grouper<'_>) -> std::io::Result<()> {
-    let file_len = file.metadata()?.len();
-    let mut archive = tar::Archive::new(BufReader::with_capacity(1 << 16, file));
-    for entry in archive.entries_with_seek()? {
+/// Groups the members of `tar` into samples (`inline`: with their bytes; else with where they
+/// are), then says how the shard ended.
+fn read_archive<S: Source>(mut tar: TarStream<S>, inline: bool, shown: &str, g: &mut Grouper<'_>) {
+    let end = loop {
         if g.stopped {
-            return Ok(());
+            return;
         }
-        let entry = entry?;
-        let Some(name) = member_name(&entry) else {
-            continue;
+        let entry = match tar.next_entry() {
+            Ok(e) => e,
+            Err(end) => break end,
         };
-        let (offset, len) = (entry.raw_file_position(), entry.size());
-        if offset.saturating_add(len) > file_len {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                format!("member `{name}` runs past the end of the file (truncated shard)"),
+        let member = entry
+            .regular
+            .then(|| split_member_path(&entry.name))
+            .flatten()
+            .map(|(k, e)| (k.to_string(), e));
+        let read = match (&member, inline) {
+            (Some(_), true) => tar.read_data(&entry).map(MemberData::Bytes),
+            _ => tar.skip_data(&entry).map(|()| MemberData::At {
+                offset: entry.offset,
+                len: entry.size,
+            }),
+        };
+        match (read, member) {
+            (Ok(data), Some((key, ext))) => g.push(&key, ext, data),
+            (Ok(_), None) => {}
+            (Err(End::CutInData), _) => {
+                let detail = format!("{shown}: member `{}` is cut short", entry.name);
+                g.cut_member(&entry.name, detail);
+                return;
+            }
+            (Err(end), _) => break end,
+        }
+        if let Err(end) = tar.skip_padding(&entry) {
+            break end;
+        }
+    };
+    let reported = matches!(end, End::CutInHeader | End::Corrupt(_) | End::Failed(_));
+    match end {
+        End::Clean => g.flush(),
+        End::NoMarker => {
+            g.flush();
+            g.send(ShardItem::Warning(
+                "missing_end_of_archive",
+                format!("{shown}: no end-of-archive blocks (the shard may be cut short)"),
             ));
         }
-        if let Some((key, ext)) = split_member_path(&name) {
-            g.push(key, ext, MemberData::At { offset, len });
-        }
+        End::CutInHeader => g.stop(
+            "truncated_shard",
+            format!("{shown}: the shard ends inside a tar header"),
+        ),
+        End::CutInData => g.stop("truncated_shard", format!("{shown}: cut short")),
+        End::Corrupt(why) => g.stop("corrupt_tar", format!("{shown}: {why}")),
+        End::Failed(e) => g.stop("unreadable_shard", format!("{shown}: {e}")),
     }
-    Ok(())
-}
-
-fn read_sequential(reader: impl Read, g: &mut Grouper<'_>) -> std::io::Result<()> {
-    let mut archive = tar::Archive::new(reader);
-    for entry in archive.entries()? {
-        if g.stopped {
-            return Ok(());
-        }
-        let mut entry = entry?;
-        let Some(name) = member_name(&entry) else {
-            continue;
-        };
-        let Some((key, ext)) = split_member_path(&name).map(|(k, e)| (k.to_string(), e)) else {
-            continue;
-        };
-        let mut bytes = Vec::with_capacity(entry.size().min(1 << 30) as usize);
-        entry.read_to_end(&mut bytes)?;
-        g.push(&key, ext, MemberData::Bytes(bytes));
+    if g.samples == 0 && !reported {
+        g.send(ShardItem::Problem("empty_shard", shown.to_string()));
     }
-    Ok(())
 }
 
 /// Reads member bytes that a sample only points at, keeping the last shard file open.
@@ -374,5 +402,118 @@ mod tests {
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         std::io::Write::write_all(&mut gz, &bytes).unwrap();
         assert_eq!(groups(gz.finish().unwrap(), "a.tar.gz"), expect);
+    }
+
+    /// Every cut of a 4-sample shard, at every byte: the samples whose members all arrived
+    /// whole are delivered (a sample cut between two members comes with the members it has),
+    /// the one whose member is cut is lost, and the cut is one counted event.
+    #[test]
+    fn a_cut_anywhere_loses_only_what_did_not_arrive() {
+        let members: Vec<(String, Vec<u8>)> = (0..4)
+            .flat_map(|i| {
+                [
+                    (
+                        format!("s{i}.png"),
+                        format!("data-png-{i}-{}", "x".repeat(600)).into_bytes(),
+                    ),
+                    (format!("s{i}.txt"), format!("data-txt-{i}").into_bytes()),
+                ]
+            })
+            .collect();
+        let refs: Vec<(&str, &[u8])> = members
+            .iter()
+            .map(|(n, d)| (n.as_str(), d.as_slice()))
+            .collect();
+        let full = tar_of(&refs, &[]);
+        // (header start, data start, data end, padded end) of every member.
+        let mut spans = Vec::new();
+        let mut at = 0usize;
+        for (_, d) in &members {
+            let end = at + 512 + d.len();
+            spans.push((at, at + 512, end, at + 512 + d.len().div_ceil(512) * 512));
+            at = spans.last().unwrap().3;
+        }
+        let archive_end = at;
+        let dir = tempfile::tempdir().unwrap();
+        for cut in 0..=full.len() {
+            // What must come out: members whose data arrived whole, grouped by key, minus the
+            // sample whose member was cut.
+            let mut arrived: Vec<(String, usize)> = Vec::new();
+            let mut lost = None;
+            let mut event = None;
+            for (m, &(h, d, e, p)) in spans.iter().enumerate() {
+                let key = members[m].0.split('.').next().unwrap().to_string();
+                if cut >= p {
+                    match arrived.last_mut() {
+                        Some((k, n)) if *k == key => *n += 1,
+                        _ => arrived.push((key, 1)),
+                    }
+                    continue;
+                }
+                event = Some(if cut == h {
+                    "missing_end_of_archive"
+                } else if cut < d || cut >= e {
+                    if cut >= e {
+                        match arrived.last_mut() {
+                            Some((k, n)) if *k == key => *n += 1,
+                            _ => arrived.push((key, 1)),
+                        }
+                    }
+                    "truncated_shard"
+                } else {
+                    lost = Some(key);
+                    "truncated_sample"
+                });
+                break;
+            }
+            // One end-of-archive block is an end (tar writes two; GNU tar accepts one).
+            if event.is_none() && cut < archive_end + 512 {
+                event = Some(if cut == archive_end {
+                    "missing_end_of_archive"
+                } else {
+                    "truncated_shard"
+                });
+            }
+            if let Some(k) = &lost {
+                arrived.retain(|(a, _)| a != k);
+            }
+            let mut got = Vec::new();
+            let mut events = Vec::new();
+            for (name, inline) in [("a.tar", false), ("a.tar.gz", true)] {
+                let path = dir.path().join(name);
+                let bytes = if inline {
+                    let mut gz =
+                        flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                    std::io::Write::write_all(&mut gz, &full[..cut]).unwrap();
+                    gz.finish().unwrap()
+                } else {
+                    full[..cut].to_vec()
+                };
+                std::fs::write(&path, bytes).unwrap();
+                let (mut g, mut e) = (Vec::new(), Vec::new());
+                read_shard(&path, 0, &mut |item| {
+                    match item {
+                        ShardItem::Sample(s) => g.push((s.key, s.members.len())),
+                        ShardItem::Problem(r, _) | ShardItem::Warning(r, _) => e.push(r),
+                    }
+                    true
+                });
+                got.push(g);
+                events.push(e);
+            }
+            for (g, e) in got.iter().zip(&events) {
+                assert_eq!(g, &arrived, "cut at {cut}");
+                let want: Vec<&str> = match event {
+                    Some(ev) if arrived.is_empty() && ev == "missing_end_of_archive" => {
+                        vec![ev, "empty_shard"]
+                    }
+                    Some(_) if cut == 0 => vec!["missing_end_of_archive", "empty_shard"],
+                    Some(_) if cut < 512 => vec!["corrupt_tar"],
+                    Some(ev) => vec![ev],
+                    None => vec![],
+                };
+                assert_eq!(e, &want, "cut at {cut}");
+            }
+        }
     }
 }

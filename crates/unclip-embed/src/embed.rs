@@ -209,7 +209,7 @@ pub fn embed(job: &EmbedJob, embedder: &(dyn Embedder + Sync)) -> anyhow::Result
         read_shard(shard, i as u32, &mut |item| {
             match item {
                 ShardItem::Sample(s) => samples.push(s),
-                ShardItem::Problem(reason, detail) => {
+                ShardItem::Problem(reason, detail) | ShardItem::Warning(reason, detail) => {
                     tracing::warn!(reason, detail, "shard problem while embedding")
                 }
             }

@@ -378,7 +378,7 @@ fn shard_keys(shard: &Path) -> Vec<(String, Option<&'static str>)> {
     read_shard(shard, 0, &mut |item| {
         match item {
             ShardItem::Sample(s) => keys.push((s.key, s.invalid)),
-            ShardItem::Problem(reason, detail) => {
+            ShardItem::Problem(reason, detail) | ShardItem::Warning(reason, detail) => {
                 tracing::warn!(shard = %shard.display(), reason, detail, "shard problem while importing")
             }
         }

@@ -367,6 +367,9 @@ impl Loader {
                 Outcome::Skip(reason) => {
                     *self.summary.skipped.entry(reason.into()).or_default() += 1;
                 }
+                Outcome::Warn(reason) => {
+                    *self.summary.warnings.entry(reason.into()).or_default() += 1;
+                }
                 Outcome::PassEnd => unreachable!("handled above"),
             }
             let epoch = self.epoch;

@@ -28,6 +28,8 @@ pub(super) enum WorkItem {
         raw: RawSample,
     },
     Problem(&'static str),
+    /// Counted as a warning; no sample is lost.
+    Warning(&'static str),
     /// The reader finished a pass over this rank's partition and waits for a verdict.
     PassEnd,
 }
@@ -35,6 +37,7 @@ pub(super) enum WorkItem {
 pub(super) enum Outcome {
     Example(Example, Option<&'static str>),
     Skip(&'static str),
+    Warn(&'static str),
     PassEnd,
 }
 
@@ -198,6 +201,10 @@ fn read_pass(plan: &Plan, em: &mut Emitter) -> Flow {
                     tracing::warn!(reason, detail, "shard problem");
                     em.send(WorkItem::Problem(reason))
                 }
+                ShardItem::Warning(reason, detail) => {
+                    tracing::warn!(reason, detail, "shard warning");
+                    em.send(WorkItem::Warning(reason))
+                }
                 ShardItem::Sample(raw) => {
                     // Once the buffer holds `capacity` samples, every arrival releases one
                     // sample picked at random among the buffer and the arrival.
@@ -250,6 +257,7 @@ pub(super) fn run_worker(
         let outcome = match w.item {
             WorkItem::PassEnd => Outcome::PassEnd,
             WorkItem::Problem(reason) => Outcome::Skip(reason),
+            WorkItem::Warning(reason) => Outcome::Warn(reason),
             WorkItem::Sample { g, raw } => {
                 let ctx = SampleContext {
                     seed: cfg.seed,

@@ -165,7 +165,7 @@ pub fn inspect(opts: &InspectOptions) -> anyhow::Result<InspectReport> {
     } else {
         0
     };
-    let total = unclip_data::count_samples(&shards, config.workers);
+    let total = unclip_data::count_for_progress(&shards, config.workers).unwrap_or(0);
     let transform = Arc::new(InspectTransform { k: k as u64 });
     let mut loader = Loader::new(config, Partition::SINGLE, transform, None)?;
     let bar = progress_bar(total, "inspecting");

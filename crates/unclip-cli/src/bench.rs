@@ -104,7 +104,8 @@ fn data(b: DataBench) -> anyhow::Result<()> {
     let transform = Arc::new(ImageTransform::new(b.image_size));
     let device = Default::default();
     // The count only sizes the progress bar (a header scan); it is not timed.
-    let total = unclip_data::count_samples(&unclip_data::spec::resolve(&b.shards)?, b.workers);
+    let total = unclip_data::count_for_progress(&unclip_data::spec::resolve(&b.shards)?, b.workers)
+        .unwrap_or(0);
     let bar = unclip_data::progress::progress_bar(total * b.passes, "bench data");
     let start = Instant::now();
     let mut loader = Loader::new(config, Partition::SINGLE, transform, None)?;
@@ -149,7 +150,8 @@ fn embed(b: EmbedBench) -> anyhow::Result<()> {
     config.drop_last = false;
     config.epochs = Some(1);
     config.require_caption = true;
-    let total = unclip_data::count_samples(&unclip_data::spec::resolve(&b.shards)?, b.workers);
+    let total = unclip_data::count_for_progress(&unclip_data::spec::resolve(&b.shards)?, b.workers)
+        .unwrap_or(0);
     let bar = unclip_data::progress::progress_bar(total, "bench embed (images)");
     let start = Instant::now();
     let mut loader = Loader::new(

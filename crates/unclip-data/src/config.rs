@@ -68,9 +68,13 @@ pub struct LoaderConfig {
     #[serde(default)]
     pub epochs: Option<u64>,
     /// Samples per epoch, to skip the counting scan (it must equal the number of samples,
-    /// good or bad, in the shards).
+    /// good or bad, in the shards). Required with remote shards in training mode: counting
+    /// them would download them.
     #[serde(default)]
     pub samples_per_epoch: Option<u64>,
+    /// Retries, timeouts and strictness of remote shards (URLs, `pipe:` commands).
+    #[serde(default)]
+    pub remote: crate::remote::RemoteConfig,
 }
 
 impl LoaderConfig {
@@ -89,6 +93,7 @@ impl LoaderConfig {
             drop_last: true,
             epochs: None,
             samples_per_epoch: None,
+            remote: Default::default(),
         }
     }
 

@@ -26,6 +26,8 @@ pub enum DataError {
     },
     #[error("cannot resume: {0}")]
     Cursor(String),
+    #[error("a shard cannot be read (data.remote.strict): {0}")]
+    Shard(String),
     #[error("a loader thread stopped unexpectedly")]
     Disconnected,
     #[error("batch field `{name}`: {what}")]

@@ -13,14 +13,18 @@
 //! whole stream cheaply, and makes replaying a stream on resume fast. Compressed shards are read
 //! sequentially with their bytes inline.
 //!
+//! Remote shards (URLs, `pipe:` commands, see `crate::remote`) are streamed once with their
+//! bytes inline.
+//!
 //! A shard cut short or damaged loses only what did not arrive whole: every sample whose
 //! members were all complete before the damage is delivered, and the damage is one counted
 //! problem (see [`ShardItem`]).
 
 use std::fs::File;
-use std::io::BufReader;
+use std::io::{BufReader, Read};
 use std::path::Path;
 
+use crate::remote::{shard_name, RemoteConfig};
 use crate::tarstream::{End, FileSource, Source, StreamSource, TarStream};
 
 /// Where a member's bytes are.
@@ -162,8 +166,20 @@ fn is_compressed(path: &Path) -> bool {
 }
 
 /// Stream the samples of one shard to `emit` (return `false` from it to stop early). Returns the
-/// number of samples (key groups) seen, including invalid and truncated ones.
+/// number of samples (key groups) seen, including invalid and truncated ones. Remote shards are
+/// fetched with the default [`RemoteConfig`].
 pub fn read_shard(path: &Path, shard: u32, emit: &mut dyn FnMut(ShardItem) -> bool) -> u64 {
+    read_shard_with(path, shard, &RemoteConfig::default(), emit)
+}
+
+/// [`read_shard`] with the retry settings of remote shards (`crate::remote`). A remote shard is
+/// streamed once, its members' bytes inline.
+pub fn read_shard_with(
+    path: &Path,
+    shard: u32,
+    remote: &RemoteConfig,
+    emit: &mut dyn FnMut(ShardItem) -> bool,
+) -> u64 {
     let mut g = Grouper {
         shard,
         current: None,
@@ -171,7 +187,19 @@ pub fn read_shard(path: &Path, shard: u32, emit: &mut dyn FnMut(ShardItem) -> bo
         samples: 0,
         stopped: false,
     };
-    let shown = path.display().to_string();
+    let shown = crate::remote::display(path);
+    if crate::remote::is_remote(path) {
+        match crate::remote::open(path, remote) {
+            Ok(r) => read_stream(
+                r,
+                is_compressed(Path::new(&shard_name(path))),
+                &shown,
+                &mut g,
+            ),
+            Err(e) => g.stop("unreadable_shard", format!("{shown}: {e}")),
+        }
+        return g.samples;
+    }
     let opened = File::open(path).and_then(|f| Ok((f.metadata()?.len(), f)));
     let (len, file) = match opened {
         Ok(x) => x,
@@ -182,8 +210,7 @@ pub fn read_shard(path: &Path, shard: u32, emit: &mut dyn FnMut(ShardItem) -> bo
     };
     let reader = BufReader::with_capacity(1 << 16, file);
     if is_compressed(path) {
-        let gz = flate2::read::MultiGzDecoder::new(reader);
-        read_archive(TarStream::new(StreamSource(gz)), true, &shown, &mut g);
+        read_stream(reader, true, &shown, &mut g);
     } else {
         let src = FileSource {
             reader,
@@ -193,6 +220,17 @@ pub fn read_shard(path: &Path, shard: u32, emit: &mut dyn FnMut(ShardItem) -> bo
         read_archive(TarStream::new(src), false, &shown, &mut g);
     }
     g.samples
+}
+
+/// Reads a tar (gzipped when `gz`) front to back, members' bytes inline.
+fn read_stream(r: impl Read, gz: bool, shown: &str, g: &mut Grouper<'_>) {
+    let r = BufReader::with_capacity(1 << 16, r);
+    if gz {
+        let gz = flate2::read::MultiGzDecoder::new(r);
+        read_archive(TarStream::new(StreamSource(gz)), true, shown, g);
+    } else {
+        read_archive(TarStream::new(StreamSource(r)), true, shown, g);
+    }
 }
 
 /// Groups the members of `tar` into samples (`inline`: with their bytes; else with where they

@@ -2,9 +2,11 @@
 //!
 //! A spec is one or more parts joined by `::`. Each part is a file, a directory (its `.tar`,
 //! `.tar.gz` and `.tgz` files, sorted), a glob (`data/*.tar`), a brace expansion
-//! (`data/{00000..00099}.tar`, zero padding kept; `{a,b}` alternatives), or `@list.txt` (one part
-//! per line, relative to the list's folder; blank lines and `#` comments ignored). A part that
-//! matches nothing is an error naming it, so a typo never silently shrinks a dataset.
+//! (`data/{00000..00099}.tar`, zero padding kept; `{a,b}` alternatives), `@list.txt` (one part
+//! per line, relative to the list's folder; blank lines and `#` comments ignored), an
+//! `http://` or `https://` URL or a `pipe:COMMAND` (both brace-expanded; see `crate::remote`).
+//! A local part that matches nothing is an error naming it, so a typo never silently shrinks a
+//! dataset; remote parts are not fetched until they are read.
 
 use std::path::{Path, PathBuf};
 
@@ -40,7 +42,7 @@ fn resolve_in(spec: &str, base: &Path, depth: usize) -> Result<Vec<PathBuf>, Spe
         });
     }
     let mut out = Vec::new();
-    let parts: Vec<&str> = spec.split("::").map(str::trim).collect();
+    let parts: Vec<&str> = split_parts(spec).into_iter().map(str::trim).collect();
     if parts.iter().all(|p| p.is_empty()) {
         return Err(SpecError::Invalid {
             spec: spec.into(),
@@ -68,11 +70,40 @@ fn resolve_in(spec: &str, base: &Path, depth: usize) -> Result<Vec<PathBuf>, Spe
             }
             continue;
         }
+        if crate::remote::is_remote_spec(part) {
+            // URLs and commands are not looked up here: a shard that is not there fails when
+            // it is read, as a counted (or, `strict`, fatal) `unreadable_shard`.
+            out.extend(expand_braces(part)?.into_iter().map(PathBuf::from));
+            continue;
+        }
         for expanded in expand_braces(part)? {
             out.extend(resolve_one(&expanded, base, part)?);
         }
     }
     Ok(out)
+}
+
+/// `spec` split at `::`, except inside `[…]` (an IPv6 host such as `http://[::1]:8000/`).
+fn split_parts(spec: &str) -> Vec<&str> {
+    let (mut parts, mut start, mut depth) = (Vec::new(), 0, 0usize);
+    let b = spec.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'[' => depth += 1,
+            b']' => depth = depth.saturating_sub(1),
+            b':' if depth == 0 && b.get(i + 1) == Some(&b':') => {
+                parts.push(&spec[start..i]);
+                i += 2;
+                start = i;
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    parts.push(&spec[start..]);
+    parts
 }
 
 fn resolve_one(item: &str, base: &Path, part: &str) -> Result<Vec<PathBuf>, SpecError> {
@@ -231,5 +262,31 @@ mod tests {
         assert!(resolve("  ").is_err());
         std::fs::write(d.join("self.txt"), "@self.txt\n").unwrap();
         assert!(resolve(&format!("@{}", s("self.txt"))).is_err());
+    }
+
+    #[test]
+    fn urls_and_pipes_mix_with_local_parts() {
+        let dir = tempfile::tempdir().unwrap();
+        let local = dir.path().join("00000.tar");
+        std::fs::write(&local, b"").unwrap();
+        let spec = format!(
+            "http://[::1]:8000/s/{{00..01}}.tar::{}::pipe:aws s3 cp s3://b/x-{{7,9}}.tar -",
+            local.display()
+        );
+        let got: Vec<String> = resolve(&spec)
+            .unwrap()
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "http://[::1]:8000/s/00.tar".to_string(),
+                "http://[::1]:8000/s/01.tar".into(),
+                local.display().to_string(),
+                "pipe:aws s3 cp s3://b/x-7.tar -".into(),
+                "pipe:aws s3 cp s3://b/x-9.tar -".into(),
+            ]
+        );
     }
 }

@@ -119,10 +119,7 @@ pub struct ShardHeader {
 
 /// `<stem>.emb.safetensors` for a shard path (`.tar`, `.tar.gz`, `.tgz` removed).
 pub fn embedding_file_name(shard: &Path) -> String {
-    let name = shard
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = crate::remote::shard_name(shard);
     let lower = name.to_lowercase();
     let stem_len = [".tar.gz", ".tgz", ".tar"]
         .iter()
@@ -485,13 +482,6 @@ pub struct EmbeddingStore {
     pub manifest: Manifest,
 }
 
-fn shard_name(shard: &Path) -> String {
-    shard
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
-}
-
 impl EmbeddingStore {
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let dir = dir.into();
@@ -501,7 +491,7 @@ impl EmbeddingStore {
 
     /// The embedding file of a shard, if the store has it complete.
     pub fn file_for(&self, shard: &Path) -> Result<PathBuf, StoreError> {
-        let name = shard_name(shard);
+        let name = crate::remote::shard_name(shard);
         match self.manifest.entry(&name) {
             Some(e) if e.complete => Ok(self.dir.join(&e.file)),
             Some(_) => Err(StoreError::MissingShard {
@@ -536,6 +526,11 @@ impl EmbeddingStore {
     pub fn check_shards(&self, shards: &[PathBuf]) -> Result<(), StoreError> {
         for shard in shards {
             let header = read_embeddings_header(&self.file_for(shard)?)?;
+            if crate::remote::is_remote(shard) {
+                // Its keys are checked as it streams: a sample without its row is skipped as
+                // `missing_embedding`, and nothing is downloaded twice.
+                continue;
+            }
             let mut tar_keys = Vec::new();
             crate::shard::read_shard(shard, 0, &mut |item| {
                 if let crate::shard::ShardItem::Sample(s) = item {

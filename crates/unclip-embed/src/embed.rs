@@ -11,10 +11,14 @@
 
 use anyhow::{bail, Context};
 use image::RgbImage;
+
+/// Samples prepared at a time while a shard streams by.
+const CHUNK: usize = 1024;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use unclip_data::parallel::{map_ordered, thread_count};
 use unclip_data::progress::progress_bar;
+use unclip_data::remote::{is_remote, shard_name};
 use unclip_data::sample::{read_sample, ReadOptions};
 use unclip_data::shard::{read_shard, MemberReader, RawSample, ShardItem};
 use unclip_data::store::{
@@ -183,7 +187,7 @@ pub fn embed(job: &EmbedJob, embedder: &(dyn Embedder + Sync)) -> anyhow::Result
         Err(e) => return Err(e).context("reading the existing embedding store"),
     };
     std::fs::create_dir_all(&job.out).with_context(|| format!("creating {}", job.out.display()))?;
-    let names: Vec<String> = shards.iter().map(|s| shard_file_name(s)).collect();
+    let names: Vec<String> = shards.iter().map(|s| shard_name(s)).collect();
     let mut seen = std::collections::HashSet::new();
     if let Some(dup) = names.iter().find(|n| !seen.insert(n.as_str())) {
         bail!("two shards are named {dup}: the store keys files by shard name");
@@ -191,10 +195,16 @@ pub fn embed(job: &EmbedJob, embedder: &(dyn Embedder + Sync)) -> anyhow::Result
     let todo: Vec<usize> = (0..shards.len())
         .filter(|&i| !manifest.entry(&names[i]).is_some_and(|e| e.complete))
         .collect();
-    let total: u64 = todo
-        .iter()
-        .map(|&i| unclip_data::shard::count_samples(&shards[i]))
-        .sum();
+    // The progress bar's length: local shards are counted from their headers; remote ones are
+    // not (that would download them), so the bar then only counts.
+    let any_remote = todo.iter().any(|&i| is_remote(&shards[i]));
+    let total: u64 = if any_remote {
+        0
+    } else {
+        todo.iter()
+            .map(|&i| unclip_data::shard::count_samples(&shards[i]))
+            .sum()
+    };
     let bar = progress_bar(total, "embed");
     let mut report = EmbedReport {
         out: job.out.clone(),
@@ -203,18 +213,11 @@ pub fn embed(job: &EmbedJob, embedder: &(dyn Embedder + Sync)) -> anyhow::Result
         ..Default::default()
     };
     let threads = thread_count(job.workers);
+    let readers: Vec<std::sync::Mutex<MemberReader>> = (0..threads)
+        .map(|_| std::sync::Mutex::new(MemberReader::default()))
+        .collect();
     for &i in &todo {
         let shard = &shards[i];
-        let mut samples = Vec::new();
-        read_shard(shard, i as u32, &mut |item| {
-            match item {
-                ShardItem::Sample(s) => samples.push(s),
-                ShardItem::Problem(reason, detail) | ShardItem::Warning(reason, detail) => {
-                    tracing::warn!(reason, detail, "shard problem while embedding")
-                }
-            }
-            true
-        });
         let mut rows = Rows {
             out: ShardEmbeddings {
                 keys: Vec::new(),
@@ -226,37 +229,65 @@ pub fn embed(job: &EmbedJob, embedder: &(dyn Embedder + Sync)) -> anyhow::Result
             },
             pending: Vec::new(),
         };
-        let readers: Vec<std::sync::Mutex<MemberReader>> = (0..threads)
-            .map(|_| std::sync::Mutex::new(MemberReader::default()))
-            .collect();
-        map_ordered(
-            samples.len(),
-            threads,
-            |j| {
-                // Any free reader will do; they only cache an open file.
-                let slot = j % readers.len();
-                let mut reader = readers[slot].lock().unwrap_or_else(|e| e.into_inner());
-                prepare(job, embedder, &shards, &mut reader, &samples[j])
-            },
-            |j, prepared| -> anyhow::Result<()> {
-                bar.inc(1);
-                match prepared {
-                    Ok(p) => {
-                        rows.pending.push(p);
-                        if rows.pending.len() == job.batch_size {
-                            rows.flush(embedder, job)?;
+        // Samples are prepared in chunks as the shard streams by, so memory stays bounded
+        // even when a remote shard's members arrive with their bytes.
+        let mut chunk: Vec<RawSample> = Vec::new();
+        let mut failed: Option<anyhow::Error> = None;
+        let process = |chunk: &mut Vec<RawSample>,
+                       rows: &mut Rows,
+                       report: &mut EmbedReport|
+         -> anyhow::Result<()> {
+            let samples = std::mem::take(chunk);
+            map_ordered(
+                samples.len(),
+                threads,
+                |j| {
+                    // Any free reader will do; they only cache an open file.
+                    let slot = j % readers.len();
+                    let mut reader = readers[slot].lock().unwrap_or_else(|e| e.into_inner());
+                    prepare(job, embedder, &shards, &mut reader, &samples[j])
+                },
+                |j, prepared| -> anyhow::Result<()> {
+                    bar.inc(1);
+                    match prepared {
+                        Ok(p) => {
+                            rows.pending.push(p);
+                            if rows.pending.len() == job.batch_size {
+                                rows.flush(embedder, job)?;
+                            }
+                        }
+                        Err(reason) => {
+                            *report.missing.entry(reason.to_string()).or_default() += 1;
+                            rows.out
+                                .missing
+                                .push((samples[j].key.clone(), reason.to_string()));
                         }
                     }
-                    Err(reason) => {
-                        *report.missing.entry(reason.to_string()).or_default() += 1;
-                        rows.out
-                            .missing
-                            .push((samples[j].key.clone(), reason.to_string()));
+                    Ok(())
+                },
+            )
+        };
+        read_shard(shard, i as u32, &mut |item| {
+            match item {
+                ShardItem::Sample(s) => {
+                    chunk.push(s);
+                    if chunk.len() >= CHUNK {
+                        if let Err(e) = process(&mut chunk, &mut rows, &mut report) {
+                            failed = Some(e);
+                            return false;
+                        }
                     }
                 }
-                Ok(())
-            },
-        )?;
+                ShardItem::Problem(reason, detail) | ShardItem::Warning(reason, detail) => {
+                    tracing::warn!(reason, detail, "shard problem while embedding")
+                }
+            }
+            true
+        });
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        process(&mut chunk, &mut rows, &mut report)?;
         rows.flush(embedder, job)?;
         if job.text_encodings && rows.out.text_encodings.is_none() {
             rows.out.text_encodings = Some(TextEncodings {
@@ -285,12 +316,6 @@ pub fn embed(job: &EmbedJob, embedder: &(dyn Embedder + Sync)) -> anyhow::Result
     manifest.aggregate_stats(&job.out)?;
     manifest.save(&job.out)?;
     Ok(report)
-}
-
-fn shard_file_name(p: &Path) -> String {
-    p.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
 }
 
 /// The empty caption's embedding (and encodings): the unconditional branch of guidance.

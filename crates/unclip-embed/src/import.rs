@@ -398,11 +398,7 @@ fn shard_samples(spec: &str) -> anyhow::Result<ShardSamples> {
     let shards = unclip_data::spec::resolve(spec).with_context(|| format!("--shards {spec}"))?;
     let names: Vec<String> = shards
         .iter()
-        .map(|s| {
-            s.file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default()
-        })
+        .map(|s| unclip_data::remote::shard_name(s))
         .collect();
     let mut seen = std::collections::HashSet::new();
     if let Some(dup) = names.iter().find(|n| !seen.insert(n.as_str())) {

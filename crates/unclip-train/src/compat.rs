@@ -20,6 +20,7 @@ const RESUMABLE_CHANGES: &[&str] = &[
     "data.prefetch_batches",
     "data.val_shards",
     "data.val_embeddings",
+    "data.remote.",
 ];
 
 fn flatten(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, String)>) {

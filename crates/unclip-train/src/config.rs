@@ -130,6 +130,13 @@ pub struct DataConfig {
     /// Probability of a horizontal flip per sample.
     #[serde(default)]
     pub hflip_prob: Fraction,
+    /// Samples (good or bad) per epoch of `shards`: skips the counting scan before training;
+    /// required when `shards` includes remote ones (URLs, `pipe:`).
+    #[serde(default)]
+    pub samples_per_epoch: Option<AtLeastOne>,
+    /// Retries, timeouts and strictness of remote shards (docs/data.md).
+    #[serde(default)]
+    pub remote: unclip_data::remote::RemoteConfig,
 }
 
 fn default_workers() -> AtLeastOne {

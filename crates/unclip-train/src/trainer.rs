@@ -278,6 +278,8 @@ where
         c.require_caption = false;
         c.drop_last = training;
         c.epochs = (!training).then_some(1);
+        c.samples_per_epoch = d.samples_per_epoch.filter(|_| training).map(|n| n.0);
+        c.remote = d.remote.clone();
         c
     }
 

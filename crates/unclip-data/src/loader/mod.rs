@@ -37,9 +37,14 @@ use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
+mod channel;
+mod pass;
 mod threads;
 
-use threads::{run_reader, run_worker, Control, Done, Outcome, Plan, Shared, Work};
+pub use channel::{IndexRun, Indexes};
+
+use channel::{Control, Done, Outcome, Plan, Shared, Work};
+use threads::{run_reader, run_worker};
 
 /// Counted outcomes: skips by reason and warnings (samples kept despite a problem).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,6 +76,10 @@ pub struct Cursor {
     /// Good samples delivered in the current epoch.
     pub good_in_epoch: u64,
     pub summary: LoaderSummary,
+    /// What each remote shard read whole so far holds, so that resuming does not download
+    /// again the shards whose samples were all consumed (see the reader's `pass` module).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub remote_index: Indexes,
 }
 
 const CURSOR_VERSION: u32 = 1;
@@ -99,11 +108,7 @@ pub struct Loader {
 fn fingerprint(shards: &[PathBuf], c: &LoaderConfig, p: Partition) -> String {
     let names: Vec<String> = shards
         .iter()
-        .map(|s| {
-            s.file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default()
-        })
+        .map(|s| crate::remote::shard_name(s))
         .collect();
     let key = serde_json::json!({
         "shards": names,
@@ -120,7 +125,8 @@ fn fingerprint(shards: &[PathBuf], c: &LoaderConfig, p: Partition) -> String {
     format!("{:016x}", unclip_rng::purpose_id(&key.to_string()))
 }
 
-/// Number of samples (key groups, good or bad) in every shard, counted in parallel.
+/// Number of samples (key groups, good or bad) in every shard, counted in parallel. It reads
+/// every shard: for remote ones, that is a whole download.
 pub fn count_samples(shards: &[PathBuf], threads: usize) -> u64 {
     let next = std::sync::atomic::AtomicUsize::new(0);
     let total = std::sync::atomic::AtomicU64::new(0);
@@ -137,6 +143,15 @@ pub fn count_samples(shards: &[PathBuf], threads: usize) -> u64 {
         }
     });
     total.into_inner()
+}
+
+/// [`count_samples`] for a progress bar's length: `None` when a shard is remote (counting it
+/// would download it).
+pub fn count_for_progress(shards: &[PathBuf], threads: usize) -> Option<u64> {
+    if shards.iter().any(|s| crate::remote::is_remote(s)) {
+        return None;
+    }
+    Some(count_samples(shards, threads))
 }
 
 impl Loader {
@@ -160,6 +175,14 @@ impl Loader {
         // Single-pass mode needs no count; training mode counts unless told.
         let samples_per_epoch = match (config.samples_per_epoch, config.drop_last) {
             (Some(n), _) => Some(n),
+            (None, true) if shards.iter().any(|s| crate::remote::is_remote(s)) => {
+                return Err(DataError::Config(
+                    "the shards include remote ones (URLs or pipe: commands): set \
+                     samples_per_epoch (data.samples_per_epoch), since counting them would \
+                     download them all before training starts"
+                        .into(),
+                ))
+            }
             (None, true) => Some(count_samples(&shards, config.workers)),
             (None, false) => None,
         };
@@ -177,8 +200,8 @@ impl Loader {
         } else {
             None
         };
-        let (epoch, pass, consumed, good_in_epoch, summary) = match cursor {
-            None => (0, 0, 0, 0, LoaderSummary::default()),
+        let (epoch, pass, consumed, good_in_epoch, summary, indexes) = match cursor {
+            None => (0, 0, 0, 0, LoaderSummary::default(), Indexes::new()),
             Some(c) => {
                 if c.version != CURSOR_VERSION {
                     return Err(DataError::Cursor(format!(
@@ -193,7 +216,14 @@ impl Loader {
                             .into(),
                     ));
                 }
-                (c.epoch, c.pass, c.consumed, c.good_in_epoch, c.summary)
+                (
+                    c.epoch,
+                    c.pass,
+                    c.consumed,
+                    c.good_in_epoch,
+                    c.summary,
+                    c.remote_index,
+                )
             }
         };
         let in_flight = config.prefetch_batches * config.batch_size + config.workers;
@@ -206,6 +236,7 @@ impl Loader {
                 limit: in_flight,
             }),
             cv: Condvar::new(),
+            indexes: Mutex::new(indexes),
         });
         let (work_tx, work_rx) = bounded::<Work>(in_flight);
         let (done_tx, done_rx) = bounded::<Done>(in_flight);
@@ -282,6 +313,12 @@ impl Loader {
             consumed: self.consumed,
             good_in_epoch: self.good_in_epoch,
             summary: self.summary.clone(),
+            remote_index: self
+                .shared
+                .indexes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         }
     }
 
@@ -370,6 +407,7 @@ impl Loader {
                 Outcome::Warn(reason) => {
                     *self.summary.warnings.entry(reason.into()).or_default() += 1;
                 }
+                Outcome::Fatal(detail) => return Err(DataError::Shard(detail)),
                 Outcome::PassEnd => unreachable!("handled above"),
             }
             let epoch = self.epoch;

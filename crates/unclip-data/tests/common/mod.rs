@@ -1,6 +1,8 @@
 //! Hand-made shards for the loader's tests.
 #![allow(dead_code)]
 
+pub mod http;
+
 use image::{ImageFormat, Rgb, RgbImage};
 use std::io::Cursor;
 use std::path::{Path, PathBuf};

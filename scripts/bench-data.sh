@@ -3,8 +3,10 @@
 #   `unclip bench data` (our Rust loader) vs tests/reference/bench_peer_data.py
 #   (webdataset + PIL + torchvision + torch DataLoader) on the very same shards.
 #
-# Steps: (1) cargo build --release -p unclip-cli, (2) synthesise the benchmark shards with
-# `unclip data synth` (4000 images, 256x256 JPEG q95, 500 per shard; the train split is read),
+# Steps: (1) cargo build --release -p unclip-cli, (2) make the benchmark shards (4000 images,
+# 256x256 JPEG q95 4:2:0, 500 per shard; the train split is read): photo-like images from
+# tests/reference/make_photo_shards.py (--data photos, the default) or the flat shapes world
+# from `unclip data synth` (--data shapes, cheap to decode),
 # (3) run both loaders with the same image size, batch size and worker count, each printing one
 # JSON line, (4) print the ratio of their throughputs.
 #
@@ -12,6 +14,7 @@
 #   --python PY    Python with torch, torchvision, webdataset, pillow (default: ${PYTHON:-python3})
 #   --dir DIR      where the shards go (default: a temp dir, removed at exit); an existing
 #                  DIR/train/ with .tar files is reused as is
+#   --data KIND    photos (default) or shapes
 #   --workers N    decode workers for both sides (default 2)
 #   --runs N       run each side N times, alternating; the ratio uses each side's best run (default 1)
 #   --skip-build   use the existing target/release/unclip
@@ -26,6 +29,7 @@ BUILD=1
 IMAGE_SIZE=64
 BATCH_SIZE=32
 COUNT=4000
+DATA=photos
 
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
 
@@ -35,6 +39,8 @@ while [[ $# -gt 0 ]]; do
         --python=*) PY="${1#*=}"; shift ;;
         --dir) DIR="$2"; shift 2 ;;
         --dir=*) DIR="${1#*=}"; shift ;;
+        --data) DATA="$2"; shift 2 ;;
+        --data=*) DATA="${1#*=}"; shift ;;
         --workers) WORKERS="$2"; shift 2 ;;
         --workers=*) WORKERS="${1#*=}"; shift ;;
         --runs) RUNS="$2"; shift 2 ;;
@@ -44,6 +50,11 @@ while [[ $# -gt 0 ]]; do
         *) echo "bench-data.sh: unknown argument: $1" >&2; usage >&2; exit 2 ;;
     esac
 done
+
+case "$DATA" in
+    photos | shapes) ;;
+    *) echo "bench-data.sh: --data must be photos or shapes, got: $DATA" >&2; exit 2 ;;
+esac
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -58,8 +69,8 @@ fi
 mkdir -p "$DIR"
 
 # Fail early (before a long build) if the peer's Python stack is missing.
-if ! "$PY" -c 'import torch, torchvision, webdataset, PIL, braceexpand' 2>/dev/null; then
-    echo "bench-data.sh: $PY lacks torch / torchvision / webdataset / pillow (use --python)" >&2
+if ! "$PY" -c 'import torch, torchvision, webdataset, PIL, braceexpand, numpy' 2>/dev/null; then
+    echo "bench-data.sh: $PY lacks torch / torchvision / webdataset / pillow / numpy (use --python)" >&2
     exit 1
 fi
 
@@ -76,6 +87,10 @@ fi
 SHARDS="$DIR/train"
 if compgen -G "$SHARDS/*.tar" >/dev/null; then
     echo "== reusing shards in $SHARDS" >&2
+elif [[ "$DATA" == photos ]]; then
+    echo "== make_photo_shards.py -> $DIR" >&2
+    "$PY" "$ROOT/tests/reference/make_photo_shards.py" --out "$DIR" --count "$COUNT" --size 256 \
+        --quality 95 --per-shard 500 --seed 0 >&2
 else
     echo "== unclip data synth -> $DIR" >&2
     "$UNCLIP" data synth --out "$DIR" --count "$COUNT" --size 256 --format jpg --quality 95 \
@@ -112,12 +127,12 @@ for ((i = 1; i <= RUNS; i++)); do
 done
 
 # (4) ratio (best run of each side)
-"$PY" - "${#OURS[@]}" "${OURS[@]}" "${PEERS[@]}" <<'EOF'
+"$PY" - "${#OURS[@]}" "${OURS[@]}" "${PEERS[@]}" "$DATA" <<'EOF'
 import json, sys
 
 n = int(sys.argv[1])
 ours = [json.loads(s) for s in sys.argv[2 : 2 + n]]
-peer = [json.loads(s) for s in sys.argv[2 + n :]]
+peer = [json.loads(s) for s in sys.argv[2 + n : -1]]
 
 
 def best(runs, field):
@@ -125,7 +140,7 @@ def best(runs, field):
     return max(vals) if vals else None
 
 
-summary = {"bench": "data", "runs": n}
+summary = {"bench": "data", "data": sys.argv[-1], "runs": n}
 for field in ("images_per_s", "images_per_s_after_first_batch"):
     o, p = best(ours, field), best(peer, field)
     summary[f"unclip_{field}"] = o

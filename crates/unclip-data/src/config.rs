@@ -44,8 +44,9 @@ pub struct LoaderConfig {
     /// Shuffle shard order and samples (through a buffer) every epoch.
     #[serde(default = "default_true")]
     pub shuffle: bool,
-    /// Samples held in the shuffle buffer (webdataset's `shuffle(n)`); they are references
-    /// into uncompressed shards, so a large buffer costs little memory.
+    /// Samples held in the shuffle buffer (webdataset's `shuffle(n)`); from local uncompressed
+    /// shards they are references, so a large buffer costs little memory; from remote or gzipped
+    /// shards they hold their bytes (buffer × sample size).
     #[serde(default = "default_shuffle_buffer")]
     pub shuffle_buffer: usize,
     /// Batches decoded ahead of the consumer, per rank: bounds memory.

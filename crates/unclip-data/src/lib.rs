@@ -23,6 +23,7 @@ pub mod decode;
 pub mod degrade;
 mod error;
 pub mod join;
+mod jpeg;
 pub mod loader;
 pub mod parallel;
 pub mod pixels;

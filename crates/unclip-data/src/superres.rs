@@ -31,6 +31,15 @@ impl SuperResTransform {
         ctx: &SampleContext,
     ) -> Result<(RgbImage, RgbImage, RgbImage), String> {
         let full = self.base.apply_rgb(img, &mut ctx.rng("image_transform"))?;
+        self.pair(full, ctx)
+    }
+
+    /// The target and its low-res copies from the base transform's output.
+    fn pair(
+        &self,
+        full: RgbImage,
+        ctx: &SampleContext,
+    ) -> Result<(RgbImage, RgbImage, RgbImage), String> {
         let s = self.base.image_size;
         let target = if self.crop < s {
             let mut rng = ctx.rng("upsampler_crop");
@@ -51,13 +60,16 @@ impl SuperResTransform {
 
 impl SampleTransform for SuperResTransform {
     fn apply(&self, sample: DecodedSample, ctx: SampleContext) -> Result<Example, TransformError> {
-        let img = sample.decode()?;
-        let (target, small, up) =
-            self.apply_rgb(&img, &ctx)
-                .map_err(|detail| TransformError::Other {
-                    reason: "transform_error",
-                    detail,
-                })?;
+        // Sources at least 4× the target side decode at a reduced scale (decode_rgb_for).
+        let px = sample.decode_for(self.base.resize_short())?;
+        let (target, small, up) = self
+            .base
+            .apply_pixels(&px, &mut ctx.rng("image_transform"))
+            .and_then(|full| self.pair(full, &ctx))
+            .map_err(|detail| TransformError::Other {
+                reason: "transform_error",
+                detail,
+            })?;
         let field = |name: &str, img: &RgbImage| {
             let (w, h) = img.dimensions();
             let mut data = Vec::with_capacity((3 * w * h) as usize);

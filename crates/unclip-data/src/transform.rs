@@ -7,7 +7,7 @@
 //! CHW in [-1, 1]. Resize and crop are one pass: only the output pixels inside the crop are
 //! computed, with exactly the filter weights of the full resize.
 
-use crate::decode::{decode_rgb, DecodeError};
+use crate::decode::{decode_rgb, decode_rgb_for, DecodeError, Pixels};
 use fast_image_resize::images::{Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use image::RgbImage;
@@ -75,9 +75,30 @@ impl ImageTransform {
     /// Resize, crop and flip an RGB image into an 8-bit `image_size`² RGB image, drawing the
     /// crop offset and the flip from `rng`.
     pub fn apply_rgb(&self, img: &RgbImage, rng: &mut KeyedRng) -> Result<RgbImage, String> {
-        let (w, h) = img.dimensions();
-        let short = self.resize_to.unwrap_or(self.image_size);
-        let (rw, rh) = shorter_side_size(w, h, short);
+        let extent = img.dimensions();
+        self.apply_extent(img, extent, (extent.0 as f64, extent.1 as f64), rng)
+    }
+
+    /// [`ImageTransform::apply_rgb`] of the file's full image, from pixels possibly decoded at
+    /// a reduced scale: sizes and crop offsets are those of the full image, as torchvision
+    /// computes them.
+    pub fn apply_pixels(&self, px: &Pixels, rng: &mut KeyedRng) -> Result<RgbImage, String> {
+        self.apply_extent(&px.image, px.full_size, px.extent(), rng)
+    }
+
+    /// The shorter side to resize to before cropping: what a decode may reduce to.
+    pub fn resize_short(&self) -> u32 {
+        self.resize_to.unwrap_or(self.image_size)
+    }
+
+    fn apply_extent(
+        &self,
+        img: &RgbImage,
+        (w, h): (u32, u32),
+        extent: (f64, f64),
+        rng: &mut KeyedRng,
+    ) -> Result<RgbImage, String> {
+        let (rw, rh) = shorter_side_size(w, h, self.resize_short());
         let s = self.image_size;
         let (left, top) = match self.crop {
             Crop::Center => (center_offset(rw, s), center_offset(rh, s)),
@@ -86,7 +107,7 @@ impl ImageTransform {
                 rng.below((rh - s) as u64 + 1) as u32,
             ),
         };
-        let mut out = resize_crop(img, (rw, rh), (left, top), (s, s))?;
+        let mut out = resize_crop_extent(img, extent, (rw, rh), (left, top), (s, s))?;
         if self.hflip_prob > 0.0 && rng.bernoulli(self.hflip_prob) {
             image::imageops::flip_horizontal_in_place(&mut out);
         }
@@ -126,9 +147,22 @@ pub fn resize_crop(
     out: (u32, u32),
 ) -> Result<RgbImage, String> {
     let (w, h) = img.dimensions();
+    resize_crop_extent(img, (w as f64, h as f64), resized, offset, out)
+}
+
+/// [`resize_crop`] where the resized image corresponds to the top-left `extent` of `img` (in
+/// `img`'s pixels), for images decoded at a reduced scale.
+fn resize_crop_extent(
+    img: &RgbImage,
+    extent: (f64, f64),
+    resized: (u32, u32),
+    offset: (u32, u32),
+    out: (u32, u32),
+) -> Result<RgbImage, String> {
+    let (w, h) = img.dimensions();
     let src = ImageRef::new(w, h, img.as_raw(), PixelType::U8x3).map_err(|e| e.to_string())?;
-    let sx = w as f64 / resized.0 as f64;
-    let sy = h as f64 / resized.1 as f64;
+    let sx = extent.0 / resized.0 as f64;
+    let sy = extent.1 / resized.1 as f64;
     let options = ResizeOptions::new()
         .resize_alg(ResizeAlg::Convolution(FilterType::Bilinear))
         .crop(
@@ -172,6 +206,17 @@ pub struct DecodedSample {
 impl DecodedSample {
     pub fn decode(&self) -> Result<RgbImage, DecodeError> {
         decode_rgb(&self.image_bytes, &self.image_ext, self.max_pixels)
+    }
+
+    /// The image for a transform that resizes its shorter side to `resize_short`: large JPEGs
+    /// are decoded at a reduced scale ([`decode_rgb_for`]).
+    pub fn decode_for(&self, resize_short: u32) -> Result<Pixels, DecodeError> {
+        decode_rgb_for(
+            &self.image_bytes,
+            &self.image_ext,
+            self.max_pixels,
+            resize_short,
+        )
     }
 
     /// The parsed `.json` member; `None` when absent or not valid JSON.
@@ -242,9 +287,9 @@ pub trait SampleTransform: Send + Sync + 'static {
 
 impl SampleTransform for ImageTransform {
     fn apply(&self, sample: DecodedSample, ctx: SampleContext) -> Result<Example, TransformError> {
-        let img = sample.decode()?;
+        let px = sample.decode_for(self.resize_short())?;
         let out = self
-            .apply_rgb(&img, &mut ctx.rng("image_transform"))
+            .apply_pixels(&px, &mut ctx.rng("image_transform"))
             .map_err(|detail| TransformError::Other {
                 reason: "transform_error",
                 detail,

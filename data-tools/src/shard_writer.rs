@@ -38,7 +38,13 @@ pub struct ShardWriter {
     in_shard: u64,
     skipped: BTreeMap<String, u64>,
     finished: Vec<ShardSummary>,
+    /// Names of the files written so far, recorded in [`WRITTEN_FILE`].
+    written: Vec<String>,
 }
+
+/// The file in an output folder listing the files `unclip data pack`/`synth` wrote there: what a
+/// later `--overwrite` may remove (nothing else).
+pub const WRITTEN_FILE: &str = ".unclip-written";
 
 /// The img2dataset key of sample `index` of shard `shard`.
 pub fn shard_key(shard: u64, index: u64, samples_per_shard: u64) -> String {
@@ -76,6 +82,7 @@ impl ShardWriter {
             in_shard: 0,
             skipped: BTreeMap::new(),
             finished: Vec::new(),
+            written: Vec::new(),
         })
     }
 
@@ -137,10 +144,13 @@ impl ShardWriter {
             skipped: std::mem::take(&mut self.skipped),
         };
         let stats = stats_json(&summary);
-        unclip_fs::write_atomic(
-            self.dir.join(format!("{:05}_stats.json", self.shard)),
-            stats.as_bytes(),
-        )?;
+        let stats_name = format!("{:05}_stats.json", self.shard);
+        unclip_fs::write_atomic(self.dir.join(&stats_name), stats.as_bytes())?;
+        self.written.push(format!("{:05}.tar", self.shard));
+        self.written.push(stats_name);
+        let mut list = self.written.join("\n");
+        list.push('\n');
+        unclip_fs::write_atomic(self.dir.join(WRITTEN_FILE), list.as_bytes())?;
         self.finished.push(summary);
         self.shard += 1;
         self.in_shard = 0;
@@ -165,8 +175,10 @@ fn stats_json(summary: &ShardSummary) -> String {
     s
 }
 
-/// Make sure `dir` holds no shards from an earlier run: with `overwrite` they are removed,
-/// otherwise it is an error (a stale `00007.tar` would silently join the new dataset).
+/// Make sure `dir` holds no shards from an earlier run: with `overwrite` the ones an earlier
+/// `pack`/`synth` wrote (listed in [`WRITTEN_FILE`]) are removed, otherwise it is an error (a
+/// stale `00007.tar` would silently join the new dataset). Shard files that no unclip command
+/// recorded writing are never removed: they are an error either way.
 pub fn prepare_output_dir(dir: &Path, overwrite: bool) -> io::Result<()> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
@@ -181,11 +193,11 @@ pub fn prepare_output_dir(dir: &Path, overwrite: bool) -> io::Result<()> {
             stale.push(path);
         }
     }
+    stale.sort();
     if stale.is_empty() {
         return Ok(());
     }
     if !overwrite {
-        stale.sort();
         return Err(io::Error::new(
             io::ErrorKind::AlreadyExists,
             format!(
@@ -197,9 +209,32 @@ pub fn prepare_output_dir(dir: &Path, overwrite: bool) -> io::Result<()> {
             ),
         ));
     }
+    let ours: std::collections::HashSet<String> =
+        match std::fs::read_to_string(dir.join(WRITTEN_FILE)) {
+            Ok(text) => text.lines().map(str::to_owned).collect(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Default::default(),
+            Err(e) => return Err(e),
+        };
+    let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
+    if let Some(foreign) = stale
+        .iter()
+        .find(|p| !name(p).is_some_and(|n| ours.contains(&n)))
+    {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!(
+                "{} was not written by an earlier `unclip data pack`/`synth` into this folder \
+                 (it is not listed in {}), so --overwrite will not remove it: move it away or \
+                 choose another output folder",
+                foreign.display(),
+                dir.join(WRITTEN_FILE).display()
+            ),
+        ));
+    }
     for path in stale {
         std::fs::remove_file(path)?;
     }
+    let _ = std::fs::remove_file(dir.join(WRITTEN_FILE));
     Ok(())
 }
 
@@ -341,9 +376,18 @@ mod tests {
         std::fs::write(dir.path().join("notes.md"), b"keep").unwrap();
         let err = prepare_output_dir(dir.path(), false).unwrap_err();
         assert!(err.to_string().contains("--overwrite"), "{err}");
+        // A shard no unclip command wrote here is never removed, even with --overwrite.
+        std::fs::write(dir.path().join("00099.tar"), b"someone else's").unwrap();
+        let err = prepare_output_dir(dir.path(), true).unwrap_err();
+        assert!(err.to_string().contains("00099.tar"), "{err}");
+        assert!(dir.path().join("00000.tar").exists());
+        std::fs::remove_file(dir.path().join("00099.tar")).unwrap();
         prepare_output_dir(dir.path(), true).unwrap();
-        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
-        assert_eq!(left.len(), 1);
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left, ["notes.md"]);
     }
 
     #[test]

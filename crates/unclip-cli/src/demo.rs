@@ -257,10 +257,12 @@ impl Demo<'_> {
         };
         let summary = unclip_train::launch::train(&opts, unclip_train::launch::stop_on_signals()?)?;
         if summary.interrupted {
-            bail!(
-                "stopped at step {}; run the demo again to continue",
-                summary.step
-            );
+            return Err(crate::Interrupted {
+                signal: unclip_train::launch::caught_signal().unwrap_or(libc::SIGINT),
+                at: format!("step {} of the {name} run", summary.step),
+                resume: "run the demo again to continue",
+            }
+            .into());
         }
         let ckpt = summary
             .last_checkpoint

@@ -111,6 +111,11 @@ where
     init_logging(cli.verbose);
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<Interrupted>().is_some() => {
+            eprintln!("{e}");
+            let signal = e.downcast_ref::<Interrupted>().map_or(2, |i| i.signal);
+            ExitCode::from((128 + signal).clamp(129, 255) as u8)
+        }
         Err(e) => {
             eprintln!("error: {e}");
             for cause in e.chain().skip(1) {
@@ -119,6 +124,19 @@ where
             ExitCode::FAILURE
         }
     }
+}
+
+/// A command stopped by SIGINT/SIGTERM after saving its work: the process exits with
+/// 128 + the signal's number (130 for SIGINT, 143 for SIGTERM), as shells report it, so a
+/// scheduler can tell an interrupted run from a finished one.
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted by signal {signal} at {at}; {resume}")]
+pub struct Interrupted {
+    pub signal: i32,
+    /// Where it stopped.
+    pub at: String,
+    /// How to continue.
+    pub resume: &'static str,
 }
 
 fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {

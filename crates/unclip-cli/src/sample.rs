@@ -46,6 +46,8 @@ pub struct AssembleArgs {
 pub fn run_pipeline(cmd: PipelineCommand) -> anyhow::Result<()> {
     match cmd {
         PipelineCommand::Assemble(a) => {
+            // One writer per pipeline folder, for the whole command.
+            let _lock = unclip_fs::FolderLock::acquire(&a.out, "unclip pipeline assemble")?;
             let opts = AssembleOptions {
                 clip: a.clip,
                 prior: a.prior,

@@ -1,7 +1,7 @@
 //! `unclip train`, `unclip export` and `unclip bench train`: argument parsing and printing
 //! only; the engine is `unclip-train`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
@@ -23,8 +23,12 @@ pub struct TrainArgs {
     pub max_steps: Option<u64>,
     /// `auto`: continue the run in --out from its `latest` checkpoint (or start it);
     /// a path: continue from that checkpoint folder (`…/step-N`).
-    #[arg(long, value_name = "auto|PATH")]
+    #[arg(long, value_name = "auto|PATH", conflicts_with = "overwrite")]
     pub resume: Option<String>,
+    /// Start afresh in an --out that holds an earlier run: remove that run's checkpoints,
+    /// metrics, plots and samples first (other files stay).
+    #[arg(long)]
+    pub overwrite: bool,
     /// Override a config value, e.g. `--set optim.lr=3e-4` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,
@@ -36,9 +40,11 @@ pub struct TrainArgs {
 }
 
 /// Runs `unclip train`; prints the run summary as one JSON line. SIGINT/SIGTERM save a
-/// checkpoint and stop.
+/// checkpoint and stop, and the command then fails with [`crate::Interrupted`] (exit code
+/// 128 + the signal's number: 130, 143).
 pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     let resume = match args.resume.as_deref() {
+        None if args.overwrite => Resume::Replace,
         None => Resume::No,
         Some("auto") => Resume::Auto,
         Some(p) => Resume::Path(PathBuf::from(p)),
@@ -62,12 +68,28 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     let summary = launch::train(&opts, stop)
         .with_context(|| format!("training {} failed", opts.config.display()))?;
     println!("{}", serde_json::to_string(&summary)?);
+    if summary.interrupted {
+        return Err(crate::Interrupted {
+            signal: launch::caught_signal().unwrap_or(libc::SIGINT),
+            resume: "run the same command with `--resume auto` to continue",
+            at: format!(
+                "step {}, checkpoint {}",
+                summary.step,
+                summary
+                    .last_checkpoint
+                    .as_deref()
+                    .map_or("none".into(), |p| p.display().to_string())
+            ),
+        }
+        .into());
+    }
     Ok(())
 }
 
 #[derive(Debug, Args)]
 pub struct ExportArgs {
-    /// A checkpoint folder (`run/step-N`) or a run folder (its `latest` is used).
+    /// A checkpoint folder (`run/step-N`), a run folder or its `latest` file (the checkpoint
+    /// `latest` names is used).
     #[arg(long)]
     pub checkpoint: PathBuf,
     /// Output folder: receives config.json and model.safetensors.
@@ -85,24 +107,16 @@ pub struct ExportArgs {
     pub layout: ExportLayout,
 }
 
-fn checkpoint_dir(path: &Path) -> anyhow::Result<PathBuf> {
-    if path.join("state.json").exists() {
-        return Ok(path.to_path_buf());
-    }
-    unclip_train::checkpoint::latest(path)?.with_context(|| {
-        format!(
-            "{} is neither a checkpoint folder (no state.json) nor a run folder (no `latest`)",
-            path.display()
-        )
-    })
-}
-
 /// Runs `unclip export`; prints what was written as one JSON line.
 pub fn export(args: ExportArgs) -> anyhow::Result<()> {
-    let dir = checkpoint_dir(&args.checkpoint)?;
-    let report =
-        unclip_train::export::export(&dir, &args.out, !args.no_ema, args.dtype, args.layout)
-            .with_context(|| format!("exporting {} failed", dir.display()))?;
+    let report = unclip_train::export::export(
+        &args.checkpoint,
+        &args.out,
+        !args.no_ema,
+        args.dtype,
+        args.layout,
+    )
+    .with_context(|| format!("exporting {} failed", args.checkpoint.display()))?;
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
 }

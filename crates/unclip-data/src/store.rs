@@ -373,6 +373,11 @@ pub struct ShardEntry {
     pub samples: u64,
     /// Samples without (recorded in the file with their reason).
     pub missing: u64,
+    /// Problems with the shard file itself met while embedding it (`truncated_shard`,
+    /// `corrupt_tar`, …: samples lost before their key could be read), by reason. `complete`
+    /// then means every readable sample was embedded.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub problems: BTreeMap<String, u64>,
     pub complete: bool,
 }
 

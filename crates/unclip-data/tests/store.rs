@@ -84,6 +84,7 @@ fn mean_and_std_come_exactly_from_the_stored_values() {
             file,
             samples: keys.len() as u64,
             missing: 1,
+            problems: Default::default(),
             complete: true,
         });
     }
@@ -118,6 +119,7 @@ fn check_shards_names_the_shard_and_the_first_differing_key() {
         file: file.clone(),
         samples: 3,
         missing: 1,
+        problems: Default::default(),
         complete: true,
     };
     m.record(entry.clone());
@@ -165,6 +167,7 @@ fn check_shards_names_the_shard_and_the_first_differing_key() {
 
     let mut m2 = Manifest::load(d).unwrap();
     m2.record(ShardEntry {
+        problems: Default::default(),
         complete: false,
         ..entry
     });
@@ -243,6 +246,7 @@ fn the_join_cache_loads_each_shard_of_a_small_store_once() {
             file,
             samples: 2,
             missing: 0,
+            problems: Default::default(),
             complete: true,
         });
     }

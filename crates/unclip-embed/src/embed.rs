@@ -74,6 +74,9 @@ pub struct EmbedReport {
     pub samples: u64,
     /// Samples recorded as missing by this run, by reason.
     pub missing: std::collections::BTreeMap<String, u64>,
+    /// Problems with the shards themselves met by this run (cut short, damaged tar data:
+    /// samples that could not be read at all, so they have no key to record), by reason.
+    pub shard_problems: std::collections::BTreeMap<String, u64>,
 }
 
 struct Prepared {
@@ -160,6 +163,8 @@ pub fn embed(job: &EmbedJob, embedder: &(dyn Embedder + Sync)) -> anyhow::Result
     }
     let shards = unclip_data::spec::resolve(&job.shards)?;
     let info = embedder.info();
+    // One writer per store, for the whole job: two jobs on one --out would mix models.
+    let _lock = unclip_fs::FolderLock::acquire(&job.out, "unclip embed")?;
     let mut manifest = match unclip_data::store::Manifest::load(&job.out) {
         Ok(m) => {
             // The folder may have moved: identity is the hashes and dims, not the path.
@@ -233,6 +238,7 @@ pub fn embed(job: &EmbedJob, embedder: &(dyn Embedder + Sync)) -> anyhow::Result
         // even when a remote shard's members arrive with their bytes.
         let mut chunk: Vec<RawSample> = Vec::new();
         let mut failed: Option<anyhow::Error> = None;
+        let mut problems = std::collections::BTreeMap::new();
         let process = |chunk: &mut Vec<RawSample>,
                        rows: &mut Rows,
                        report: &mut EmbedReport|
@@ -279,7 +285,9 @@ pub fn embed(job: &EmbedJob, embedder: &(dyn Embedder + Sync)) -> anyhow::Result
                     }
                 }
                 ShardItem::Problem(reason, detail) | ShardItem::Warning(reason, detail) => {
-                    tracing::warn!(reason, detail, "shard problem while embedding")
+                    tracing::warn!(shard = %names[i], reason, detail, "shard problem while embedding");
+                    *report.shard_problems.entry(reason.to_string()).or_default() += 1;
+                    *problems.entry(reason.to_string()).or_default() += 1;
                 }
             }
             true
@@ -306,6 +314,7 @@ pub fn embed(job: &EmbedJob, embedder: &(dyn Embedder + Sync)) -> anyhow::Result
             file,
             samples: rows.out.keys.len() as u64,
             missing: rows.out.missing.len() as u64,
+            problems,
             complete: true,
         });
         manifest.save(&job.out)?;

@@ -121,6 +121,7 @@ pub fn import_clip_retrieval(opts: &ImportOptions) -> anyhow::Result<ImportRepor
         None => None,
         Some(spec) => Some(shard_samples(spec)?),
     };
+    let _lock = unclip_fs::FolderLock::acquire(&opts.out, "unclip embed import-clip-retrieval")?;
     prepare_out(&opts.out, opts.overwrite)?;
     let info = ClipInfo {
         source: format!("clip-retrieval:{}", opts.input.display()),
@@ -463,6 +464,7 @@ fn write(
         file,
         samples: e.keys.len() as u64,
         missing: e.missing.len() as u64,
+        problems: Default::default(),
         complete: true,
     });
     manifest.save(out)?;

@@ -201,3 +201,29 @@ fn a_store_from_another_model_is_not_mixed_in() {
         .to_string();
     assert!(err.contains("other options"), "{err}");
 }
+
+#[test]
+fn problems_of_the_shard_file_are_counted_in_the_report_and_the_manifest() {
+    let dir = tempfile::tempdir().unwrap();
+    let shards = shapes(dir.path());
+    // Cut shard 2 inside a member's data: the samples before the cut are embedded, the cut one
+    // is a counted problem of the shard.
+    let shard2 = shards.join("00002.tar");
+    let bytes = std::fs::read(&shard2).unwrap();
+    std::fs::write(&shard2, &bytes[..bytes.len() / 2 + 100]).unwrap();
+    let out = dir.path().join("emb");
+    let report = embed(&job(&shards, &out, false), &Fake { name: "a" }).unwrap();
+    let lost: u64 = report.shard_problems.values().sum();
+    assert!(lost >= 1, "{:?}", report.shard_problems);
+    let json = serde_json::to_value(&report).unwrap();
+    assert!(json["shard_problems"].is_object(), "{json}");
+    let store = EmbeddingStore::open(&out).unwrap();
+    let entry = store.manifest.entry("00002.tar").unwrap();
+    assert_eq!(entry.problems, report.shard_problems);
+    assert!(store
+        .manifest
+        .entry("00000.tar")
+        .unwrap()
+        .problems
+        .is_empty());
+}

@@ -1,4 +1,5 @@
-//! Atomic file writes, used for every file unclip produces (PNG images included).
+//! Atomic file writes, used for every file unclip produces (PNG images included), and the
+//! folder lock that keeps a second writer out ([`FolderLock`]).
 //!
 //! A file is written to a temporary sibling, flushed and fsynced, then renamed over the target
 //! and the directory fsynced. A reader (or a later run after a crash or a full disk) sees either
@@ -7,6 +8,9 @@
 //!
 //! Place in the pipeline (data → embed → models → train / infer → eval → cli): a leaf under
 //! every step that writes a file.
+
+mod lock;
+pub use lock::{host_name, FolderLock, LockError, LOCK_FILE};
 
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
@@ -64,10 +68,17 @@ impl AtomicFile {
     /// Flush, fsync, rename over the target, fsync the directory.
     pub fn commit(mut self) -> io::Result<()> {
         let writer = self.writer.take().expect("writer present until commit");
-        let file = writer.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&self.tmp, &self.target)?;
+        let result = (|| {
+            let file = writer.into_inner().map_err(|e| e.into_error())?;
+            file.sync_all()?;
+            drop(file);
+            fs::rename(&self.tmp, &self.target)
+        })();
+        if let Err(e) = result {
+            // A full disk fails the flush or the fsync: leave no temporary file behind.
+            let _ = fs::remove_file(&self.tmp);
+            return Err(e);
+        }
         sync_dir(&self.target);
         Ok(())
     }

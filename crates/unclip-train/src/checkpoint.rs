@@ -5,17 +5,22 @@
 //! A folder holds `model.mpk`, `ema.mpk` (when EMA is on), `optim.mpk` (burn's named
 //! MessagePack records, which keep the parameter ids the optimizer state is keyed by),
 //! `state.json` ([`TrainerState`]: step, loader cursor (one per rank in a data-parallel run),
-//! counters, best validation loss, format version; the LR schedule and every random number are functions of seed and step)
-//! and `config.resolved.yaml`.
+//! counters, best validation loss, format version; the LR schedule and every random number are functions of seed and step),
+//! `config.resolved.yaml` and `checksums.json` (SHA-256 of every other file and the shape of
+//! every model tensor), which a resume and an export verify before loading anything.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use burn::module::Module;
+use std::collections::BTreeMap;
+
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Record, Recorder};
 use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use unclip_data::Cursor;
 
 use crate::config::Stage;
@@ -25,6 +30,127 @@ use crate::TrainError;
 pub const FORMAT_VERSION: u32 = 1;
 /// The file naming the newest complete checkpoint folder.
 pub const LATEST: &str = "latest";
+/// The file of a checkpoint folder holding its files' SHA-256 and its tensors' shapes.
+pub const CHECKSUMS: &str = "checksums.json";
+
+/// `checksums.json`: what a checkpoint folder must hold, checked before anything is loaded.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Checksums {
+    /// File name → hex SHA-256 of its bytes.
+    pub files: BTreeMap<String, String>,
+    /// Record (`model`, `ema`) → parameter path → shape.
+    pub shapes: BTreeMap<String, BTreeMap<String, Vec<usize>>>,
+}
+
+/// Every float parameter's shape by its module path (`blocks.0.attn.qkv.weight`), without
+/// initialising lazy parameters.
+pub fn param_shapes<B: Backend, M: Module<B>>(module: &M) -> BTreeMap<String, Vec<usize>> {
+    struct Shapes {
+        stack: Vec<String>,
+        out: BTreeMap<String, Vec<usize>>,
+    }
+    impl<B: Backend> ModuleVisitor<B> for Shapes {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.stack.push(name.to_owned());
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.stack.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            self.out.insert(
+                self.stack.join("."),
+                param.lazy_shape().dims::<D>().to_vec(),
+            );
+        }
+    }
+    let mut v = Shapes {
+        stack: Vec::new(),
+        out: BTreeMap::new(),
+    };
+    module.visit(&mut v);
+    v.out
+}
+
+fn sha256_file(path: &Path) -> io::Result<String> {
+    let mut f = File::open(path)?;
+    let mut h = Sha256::new();
+    io::copy(&mut f, &mut h)?;
+    Ok(format!("{:x}", h.finalize()))
+}
+
+/// Checks every file of a checkpoint folder against its `checksums.json` (a folder without
+/// one, written before checksums existed, passes with a warning) and returns the recorded
+/// shapes.
+pub fn verify(dir: &Path) -> Result<Checksums, TrainError> {
+    let p = dir.join(CHECKSUMS);
+    let bytes = match fs::read(&p) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            tracing::warn!(dir = %dir.display(), "checkpoint has no checksums.json (written by an older unclip): not verified");
+            return Ok(Checksums::default());
+        }
+        Err(e) => return Err(TrainError::io("cannot read", p, e)),
+    };
+    let sums: Checksums = serde_json::from_slice(&bytes).map_err(|e| TrainError::Checkpoint {
+        path: p.clone(),
+        why: e.to_string(),
+    })?;
+    for (name, want) in &sums.files {
+        let f = dir.join(name);
+        let got = sha256_file(&f).map_err(|e| TrainError::io("cannot read", &f, e))?;
+        if &got != want {
+            return Err(TrainError::Checkpoint {
+                path: f,
+                why: format!(
+                    "its SHA-256 is {got}, checksums.json says {want}: the file was changed or \
+                      damaged after the save; resume from another checkpoint (step-N) of the run"
+                ),
+            });
+        }
+    }
+    Ok(sums)
+}
+
+/// Compares the shapes a checkpoint recorded for `record` with `module`'s: the first
+/// difference is an error naming the tensor, before anything is loaded.
+pub fn check_shapes<B: Backend, M: Module<B>>(
+    dir: &Path,
+    sums: &Checksums,
+    record: &str,
+    module: &M,
+) -> Result<(), TrainError> {
+    let Some(saved) = sums.shapes.get(record) else {
+        return Ok(());
+    };
+    let ours = param_shapes::<B, M>(module);
+    let err = |why: String| TrainError::Checkpoint {
+        path: dir.join(format!("{record}.mpk")),
+        why,
+    };
+    for (path, shape) in &ours {
+        match saved.get(path) {
+            Some(s) if s == shape => {}
+            Some(s) => {
+                return Err(err(format!(
+                    "tensor `{path}` has shape {s:?} there and {shape:?} in the model this config \
+                      builds: the checkpoint belongs to a model of another size"
+                )))
+            }
+            None => {
+                return Err(err(format!(
+                    "has no tensor `{path}` (shape {shape:?}) that the model this config builds \
+                      has: the checkpoint belongs to another model"
+                )))
+            }
+        }
+    }
+    if let Some(extra) = saved.keys().find(|k| !ours.contains_key(*k)) {
+        return Err(err(format!(
+            "holds tensor `{extra}`, which the model this config builds does not have"
+        )));
+    }
+    Ok(())
+}
 /// Environment variable that makes the writer fail on purpose (`before_rename` or
 /// `write_error`), for testing the failure paths of the real writer.
 pub const FAULT_ENV: &str = "UNCLIP_TRAIN_INJECT_FAULT";
@@ -170,21 +296,25 @@ impl CheckpointWriter {
         let name = step_dir_name(state.step);
         let dir = self.run_dir.join(&name);
         let tmp = self.run_dir.join(format!(".tmp-{name}"));
+        let failed = |dir: PathBuf, source| TrainError::Save {
+            step: state.step,
+            dir,
+            previous: match latest(&self.run_dir) {
+                Ok(Some(p)) => format!(
+                    "`latest` still names the previous checkpoint, {}",
+                    p.display()
+                ),
+                _ => "the run has no earlier checkpoint".into(),
+            },
+            source,
+        };
         let result = self.write::<B, M, R>(&tmp, &dir, items, state);
         if let Err(source) = result {
             let _ = fs::remove_dir_all(&tmp);
-            return Err(TrainError::Save {
-                step: state.step,
-                dir,
-                source,
-            });
+            return Err(failed(dir, source));
         }
         unclip_fs::write_atomic(self.run_dir.join(LATEST), format!("{name}\n").as_bytes())
-            .map_err(|source| TrainError::Save {
-                step: state.step,
-                dir: dir.clone(),
-                source,
-            })?;
+            .map_err(|source| failed(dir.clone(), source))?;
         self.prune(state.step, state.best_step);
         Ok(dir)
     }
@@ -223,6 +353,19 @@ impl CheckpointWriter {
             &tmp.join("config.resolved.yaml"),
             items.resolved_config.as_bytes(),
         )?;
+        let mut sums = Checksums::default();
+        for e in fs::read_dir(tmp)? {
+            let e = e?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            sums.files.insert(name, sha256_file(&e.path())?);
+        }
+        sums.shapes
+            .insert("model".into(), param_shapes::<B, M>(items.model));
+        if let Some(ema) = items.ema {
+            sums.shapes.insert("ema".into(), param_shapes::<B, M>(ema));
+        }
+        let json = serde_json::to_vec_pretty(&sums).map_err(io::Error::other)?;
+        write_synced(&tmp.join(CHECKSUMS), &json)?;
         if let Ok(d) = File::open(tmp) {
             d.sync_all()?;
         }
@@ -257,13 +400,73 @@ impl CheckpointWriter {
     }
 }
 
-/// The folder `latest` names in `run_dir`, if there is one.
+/// The folder `latest` names in `run_dir`, if there is one; a pointer naming anything but a
+/// complete `step-N` folder of this run is an error.
 pub fn latest(run_dir: &Path) -> Result<Option<PathBuf>, TrainError> {
     let p = run_dir.join(LATEST);
-    match fs::read_to_string(&p) {
-        Ok(s) => Ok(Some(run_dir.join(s.trim()))),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(TrainError::io("cannot read", p, e)),
+    let text = match fs::read_to_string(&p) {
+        Ok(s) => s,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(TrainError::io("cannot read", p, e)),
+    };
+    let name = text.trim();
+    let dir = run_dir.join(name);
+    if parse_step(name).is_none() || !dir.join("state.json").is_file() {
+        return Err(TrainError::Checkpoint {
+            path: p,
+            why: format!(
+                "names `{name}`, which is not a complete checkpoint folder (step-N) of this run; \
+                  name one with `--resume {}`",
+                run_dir.join("step-N").display()
+            ),
+        });
+    }
+    Ok(Some(dir))
+}
+
+/// The steps of the complete checkpoint folders (`step-N` with a `state.json`) in `run_dir`,
+/// ascending.
+pub fn checkpoint_steps(run_dir: &Path) -> Vec<u64> {
+    let Ok(entries) = fs::read_dir(run_dir) else {
+        return Vec::new();
+    };
+    let mut steps: Vec<u64> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("state.json").is_file())
+        .filter_map(|e| parse_step(&e.file_name().to_string_lossy()))
+        .collect();
+    steps.sort_unstable();
+    steps
+}
+
+/// The checkpoint folder a user names: a checkpoint folder (`RUN/step-N`), a run folder (its
+/// `latest`), or the `latest` file itself.
+pub fn resolve(path: &Path) -> Result<PathBuf, TrainError> {
+    if path.is_file() && path.file_name().is_some_and(|n| n == LATEST) {
+        let run = path.parent().unwrap_or(Path::new("."));
+        let run = if run.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            run
+        };
+        return latest(run)?.ok_or_else(|| unreachable_latest(path));
+    }
+    if path.join("state.json").is_file() {
+        return Ok(path.to_path_buf());
+    }
+    if let Some(dir) = latest(path)? {
+        return Ok(dir);
+    }
+    Err(TrainError::Checkpoint {
+        path: path.to_path_buf(),
+        why: "is neither a checkpoint folder (no state.json) nor a run folder (no `latest`)".into(),
+    })
+}
+
+fn unreachable_latest(path: &Path) -> TrainError {
+    TrainError::Checkpoint {
+        path: path.to_path_buf(),
+        why: "could not be read".into(),
     }
 }
 
@@ -304,6 +507,34 @@ pub fn load_record<B: Backend, R: Record<B>>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn other_shapes_are_named_before_loading() {
+        use burn::backend::Flex;
+        use burn::nn::LinearConfig;
+        let device = Default::default();
+        let small = LinearConfig::new(4, 3).init::<Flex>(&device);
+        let wide = LinearConfig::new(4, 5).init::<Flex>(&device);
+        let mut sums = Checksums::default();
+        sums.shapes
+            .insert("model".into(), param_shapes::<Flex, _>(&small));
+        let dir = Path::new("run/step-1");
+        assert!(check_shapes::<Flex, _>(dir, &sums, "model", &small).is_ok());
+        let err = check_shapes::<Flex, _>(dir, &sums, "model", &wide)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("model.mpk") && err.contains("`bias` has shape [3] there and [5]"),
+            "{err}"
+        );
+        let no_bias = LinearConfig::new(4, 3)
+            .with_bias(false)
+            .init::<Flex>(&device);
+        let err = check_shapes::<Flex, _>(dir, &sums, "model", &no_bias)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("does not have"), "{err}");
+    }
 
     #[test]
     fn prune_keeps_the_last_k_the_best_and_the_current() {

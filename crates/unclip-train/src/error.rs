@@ -21,10 +21,12 @@ pub enum TrainError {
         #[source]
         source: std::io::Error,
     },
-    #[error("saving the checkpoint of step {step} into {} failed (the previous checkpoint is still `latest`): {source}", dir.display())]
+    #[error("saving the checkpoint of step {step} into {} failed ({previous}): {source}", dir.display())]
     Save {
         step: u64,
         dir: PathBuf,
+        /// What `latest` names now.
+        previous: String,
         #[source]
         source: std::io::Error,
     },

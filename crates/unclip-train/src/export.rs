@@ -33,6 +33,7 @@ impl StageJob for ExportJob<'_> {
     ) -> Result<ExportReport, TrainError> {
         type B = Autodiff<Flex>;
         let state = checkpoint::load_state(self.checkpoint)?;
+        let sums = checkpoint::verify(self.checkpoint)?;
         let device = Default::default();
         let task = factory.build::<B>(&device)?;
         let model = renumber_params(task.init_model(&device));
@@ -41,6 +42,7 @@ impl StageJob for ExportJob<'_> {
         } else {
             "model"
         };
+        checkpoint::check_shapes::<B, _>(self.checkpoint, &sums, which, &model)?;
         let rec = checkpoint::load_record::<B, _>(self.checkpoint, which, &device)?;
         let model = model.load_record(rec);
         let c = loaded.config;
@@ -62,7 +64,9 @@ impl StageJob for ExportJob<'_> {
     }
 }
 
-/// Exports checkpoint folder `checkpoint` into `out` (EMA weights unless `use_ema` is false).
+/// Exports `checkpoint` (a checkpoint folder, a run folder or its `latest` file) into `out`
+/// (EMA weights unless `use_ema` is false), after verifying the checkpoint's checksums and
+/// shapes.
 pub fn export(
     checkpoint: &Path,
     out: &Path,
@@ -70,6 +74,7 @@ pub fn export(
     dtype: ExportDtype,
     layout: ExportLayout,
 ) -> Result<ExportReport, TrainError> {
+    let checkpoint = &checkpoint::resolve(checkpoint)?;
     let cfg_path = checkpoint.join("config.resolved.yaml");
     let job = ExportJob {
         checkpoint,

@@ -370,14 +370,25 @@ pub fn bench(
     for_stage(config, overrides, None, Bench { steps, warmup })
 }
 
+static CAUGHT: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// The last signal [`stop_on_signals`] caught (`SIGINT` = 2, `SIGTERM` = 15), if any.
+pub fn caught_signal() -> Option<i32> {
+    match CAUGHT.load(std::sync::atomic::Ordering::SeqCst) {
+        0 => None,
+        s => Some(s),
+    }
+}
+
 /// A flag raised by SIGINT or SIGTERM, for [`train`]'s `stop`.
 pub fn stop_on_signals() -> Result<Arc<AtomicBool>, TrainError> {
     let flag = Arc::new(AtomicBool::new(false));
     for sig in [libc::SIGINT, libc::SIGTERM] {
         let f = Arc::clone(&flag);
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        // SAFETY: the handler only stores to atomics, which is async-signal-safe.
         unsafe {
             signal_hook_registry::register(sig, move || {
+                CAUGHT.store(sig, std::sync::atomic::Ordering::SeqCst);
                 f.store(true, std::sync::atomic::Ordering::SeqCst)
             })
         }

@@ -32,7 +32,7 @@ use crate::{Split, TrainError, TrainTask, ValidationSums};
 /// same timestep and noise for a given held-out sample.
 const VALIDATION_STEP: u64 = u64::MAX;
 /// Test hook: a run stops moving (without exiting) when it reaches this step, so that a test
-/// can kill it at a known point between two checkpoints.
+/// can kill or signal it at a known point between two checkpoints.
 pub const HANG_ENV: &str = "UNCLIP_TRAIN_TEST_HANG_AT_STEP";
 
 /// Where to start from.
@@ -41,11 +41,24 @@ pub enum Resume {
     /// A fresh run (the run folder must not hold a checkpoint yet).
     #[default]
     No,
-    /// The run folder's `latest` checkpoint, or a fresh run when it has none.
+    /// The run folder's `latest` checkpoint (or, when that pointer file is missing, its newest
+    /// complete `step-N` folder), or a fresh run when it has none.
     Auto,
-    /// A given checkpoint folder.
+    /// A given checkpoint folder (or a run folder, or its `latest` file).
     Path(PathBuf),
+    /// A fresh run that first removes what an earlier run wrote into the run folder
+    /// (checkpoints, `latest`, metrics, plots, samples, resolved config).
+    Replace,
 }
+
+/// What `unclip train` writes into a run folder: what [`Resume::Replace`] removes.
+const RUN_OUTPUTS: [&str; 5] = [
+    checkpoint::LATEST,
+    "metrics.jsonl",
+    "config.resolved.yaml",
+    "loss.png",
+    "samples",
+];
 
 /// What one optimizer step did.
 #[derive(Debug, Clone, PartialEq)]
@@ -99,6 +112,8 @@ pub struct Trainer<B: AutodiffBackend, T: TrainTask<B>, C> {
     saved_step: Option<u64>,
     /// This replica's rank in a data-parallel run (`None`: one device).
     dp: Option<RankCtx>,
+    /// The run folder's lock (rank 0 of a run with a run folder).
+    lock: Option<unclip_fs::FolderLock>,
 }
 
 impl<B, T, C> Trainer<B, T, C>
@@ -189,23 +204,48 @@ where
             metrics: None,
             saved_step: None,
             dp,
+            lock: None,
         };
+        // One writer per run folder, held for the whole run (rank 0 writes for all ranks).
+        if let (Some(dir), true) = (&me.run_dir, root) {
+            me.lock = Some(
+                unclip_fs::FolderLock::acquire(dir, "unclip train")
+                    .map_err(|e| TrainError::Task(e.to_string()))?,
+            );
+        }
         let from = match (&resume, &me.run_dir) {
             (Resume::No, Some(dir)) => {
-                if let Some(found) = checkpoint::latest(dir)? {
+                let steps = checkpoint::checkpoint_steps(dir);
+                if checkpoint::latest(dir)?.is_some() || !steps.is_empty() {
                     return Err(TrainError::Checkpoint {
-                        path: found,
+                        path: dir.clone(),
                         why: "the run folder already has checkpoints: pass `--resume auto` to \
-                              continue it, or choose another --out"
+                              continue it, `--overwrite` to replace it, or choose another --out"
                             .into(),
                     });
                 }
                 None
             }
-            (Resume::No, None) => None,
-            (Resume::Auto, Some(dir)) => checkpoint::latest(dir)?,
+            (Resume::Replace, Some(dir)) => {
+                if root {
+                    remove_run_outputs(dir)?;
+                }
+                None
+            }
+            (Resume::No | Resume::Replace, None) => None,
+            (Resume::Auto, Some(dir)) => match checkpoint::latest(dir)? {
+                Some(found) => Some(found),
+                None => checkpoint::checkpoint_steps(dir).last().map(|&step| {
+                    let found = dir.join(checkpoint::step_dir_name(step));
+                    tracing::warn!(
+                        dir = %found.display(),
+                        "the run folder has no `latest` file: resuming from its newest checkpoint"
+                    );
+                    found
+                }),
+            },
             (Resume::Auto, None) => None,
-            (Resume::Path(p), _) => Some(p.clone()),
+            (Resume::Path(p), _) => Some(checkpoint::resolve(p)?),
         };
         if let Some(dir) = from {
             me.restore(&dir)?;
@@ -285,6 +325,16 @@ where
 
     fn restore(&mut self, dir: &Path) -> Result<(), TrainError> {
         let state = checkpoint::load_state(dir)?;
+        if state.stage != self.cfg.stage {
+            return Err(TrainError::Checkpoint {
+                path: dir.to_path_buf(),
+                why: format!(
+                    "is a checkpoint of stage {:?}, and this config trains stage {:?}: resume \
+                     it with a {:?} config, or choose another --out",
+                    state.stage, self.cfg.stage, state.stage
+                ),
+            });
+        }
         let cfg_path = dir.join("config.resolved.yaml");
         let text = std::fs::read_to_string(&cfg_path)
             .map_err(|e| TrainError::io("cannot read", &cfg_path, e))?;
@@ -324,6 +374,12 @@ where
             }
             _ => state.cursor.clone(),
         };
+        // Nothing is loaded before every file matches its checksum and every tensor its shape.
+        let sums = checkpoint::verify(dir)?;
+        checkpoint::check_shapes::<B, _>(dir, &sums, "model", &self.model)?;
+        if let Some(ema) = &self.ema {
+            checkpoint::check_shapes::<B, _>(dir, &sums, "ema", &ema.model)?;
+        }
         let rec = checkpoint::load_record::<B, _>(dir, "model", &self.device)?;
         self.model = self.model.clone().load_record(rec);
         if let Some(ema) = &mut self.ema {
@@ -591,9 +647,11 @@ where
                 break;
             }
             if hang_at == Some(self.state.step) {
-                loop {
-                    std::thread::park();
+                // Parked until SIGINT/SIGTERM raises `stop` (or the test kills the process).
+                while !stop.load(Ordering::SeqCst) {
+                    std::thread::park_timeout(std::time::Duration::from_millis(10));
                 }
+                continue;
             }
             let r = self.train_step()?;
             window.add(&r);
@@ -678,4 +736,31 @@ where
     pub fn num_params(&self) -> usize {
         self.model.num_params()
     }
+}
+
+/// Removes what an earlier `unclip train` wrote into `dir` ([`Resume::Replace`]); other files
+/// stay.
+fn remove_run_outputs(dir: &Path) -> Result<(), TrainError> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for e in entries.filter_map(|e| e.ok()) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let ours = RUN_OUTPUTS.contains(&name.as_str())
+            || name
+                .strip_prefix("step-")
+                .is_some_and(|n| n.parse::<u64>().is_ok())
+            || name.starts_with(".tmp-");
+        if !ours {
+            continue;
+        }
+        let p = e.path();
+        let r = if p.is_dir() {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
+        r.map_err(|err| TrainError::io("cannot remove", &p, err))?;
+    }
+    Ok(())
 }

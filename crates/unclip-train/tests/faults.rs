@@ -40,10 +40,11 @@ fn save_failure(fault: Fault, expected: &str) {
     let mut t = trainer(loaded, &run, Resume::Auto).expect("resume");
     t.writer_mut().expect("writer").inject_fault(Some(fault));
     let e = t.run(&stop()).expect_err("the save must fail");
+    drop(t); // releases the run folder's lock
     assert!(matches!(e, TrainError::Save { step: 6, .. }), "{e:?}");
     let msg = e.to_string();
     assert!(
-        msg.contains("the previous checkpoint is still `latest`"),
+        msg.contains("`latest` still names the previous checkpoint") && msg.contains("step-3"),
         "{msg}"
     );
     assert!(msg.contains(expected), "{msg}");
@@ -68,6 +69,27 @@ fn save_failure(fault: Fault, expected: &str) {
     let t = trainer(loaded, &run, Resume::Auto).expect("latest still loads");
     assert_eq!(t.state().step, 3);
     assert!(!run.join(".tmp-step-9").exists());
+}
+
+#[test]
+fn a_failed_first_save_says_there_is_no_earlier_checkpoint() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (train, val) = shards(tmp.path());
+    let text = config_text(&train, &val, "");
+    let run = tmp.path().join("run");
+    let loaded = load(tmp.path(), &text, &["optim.max_steps=3".into()]);
+    let mut t = trainer(loaded, &run, Resume::No).expect("trainer");
+    t.writer_mut()
+        .expect("writer")
+        .inject_fault(Some(Fault::WriteError));
+    let msg = t.run(&stop()).expect_err("the save must fail").to_string();
+    assert!(msg.contains("the run has no earlier checkpoint"), "{msg}");
+    assert!(!msg.contains("still names"), "{msg}");
+    let names: Vec<String> = std::fs::read_dir(&run)
+        .expect("ls")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!names.iter().any(|n| n.starts_with(".tmp")), "{names:?}");
 }
 
 #[test]

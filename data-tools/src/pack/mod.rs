@@ -195,6 +195,8 @@ pub fn pack(opts: &PackOptions) -> anyhow::Result<PackReport> {
         opts.path_column.as_deref(),
         opts.caption_column.as_deref(),
     )?;
+    // One writer per output folder, for the whole command.
+    let _lock = unclip_fs::FolderLock::acquire(&opts.out, "unclip data pack")?;
     prepare_output_dir(&opts.out, opts.overwrite)?;
     std::fs::create_dir_all(&opts.out)
         .with_context(|| format!("cannot create {}", opts.out.display()))?;

@@ -132,6 +132,8 @@ struct Manifest<'a> {
 pub fn synth(opts: &SynthOptions) -> anyhow::Result<SynthReport> {
     let world = World::from_options(opts)?;
     let split_dir = |s: Split| opts.out.join(s.name());
+    // One writer per output folder, for the whole command.
+    let _lock = unclip_fs::FolderLock::acquire(&opts.out, "unclip data synth")?;
     for split in Split::ALL {
         prepare_output_dir(&split_dir(split), opts.overwrite)?;
     }

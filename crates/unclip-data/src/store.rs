@@ -39,6 +39,16 @@ pub enum StoreError {
     },
     #[error("embeddings for shard {shard} do not match it: {what}")]
     Misaligned { shard: String, what: String },
+    #[error(
+        "shard {shard} changed after it was embedded into {dir} (its fingerprint is {now}, the \
+         store's {then}): run `unclip embed` with the same --out again to embed it anew"
+    )]
+    Changed {
+        shard: String,
+        dir: PathBuf,
+        now: String,
+        then: String,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -280,6 +290,25 @@ pub fn read_embeddings_header(path: &Path) -> Result<ShardHeader, StoreError> {
         .cloned()
         .and_then(|m| serde_json::from_value(m).ok())
         .unwrap_or_default();
+    // A file cut short keeps its header: check its length against what the header describes.
+    let data_end = header
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(_, t)| t.get("data_offsets")?.get(1)?.as_u64())
+        .max()
+        .unwrap_or(0);
+    let file_len = f.metadata().map_err(io_err(path))?.len();
+    if file_len != 8 + n + data_end {
+        return Err(StoreError::Format {
+            path: path.to_path_buf(),
+            what: format!(
+                "{file_len} bytes, but its header describes {}: the file is damaged or was cut \
+                 short; run `unclip embed` with the same --out again to rewrite it",
+                8 + n + data_end
+            ),
+        });
+    }
     parse_header(path, &meta)
 }
 
@@ -378,6 +407,11 @@ pub struct ShardEntry {
     /// then means every readable sample was embedded.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub problems: BTreeMap<String, u64>,
+    /// The shard's [`crate::shard::Fingerprint`] when it was embedded: training refuses the
+    /// store if the shard no longer has it, and a re-run of `unclip embed` embeds it again.
+    /// (Absent in stores written before fingerprints.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
     pub complete: bool,
 }
 
@@ -537,15 +571,40 @@ impl EmbeddingStore {
                 continue;
             }
             let mut tar_keys = Vec::new();
+            let mut duplicates = Vec::new();
+            let mut fp = crate::shard::Fingerprint::default();
             crate::shard::read_shard(shard, 0, &mut |item| {
+                fp.add(&item);
                 if let crate::shard::ShardItem::Sample(s) = item {
-                    tar_keys.push(s.key);
+                    if s.invalid == Some("duplicate_key") {
+                        duplicates.push(s.key);
+                    } else {
+                        tar_keys.push(s.key);
+                    }
                 }
                 true
             });
+            let name = crate::remote::shard_name(shard);
+            if let Some(then) = self
+                .manifest
+                .entry(&name)
+                .and_then(|e| e.fingerprint.clone())
+            {
+                let now = fp.finish();
+                if now != then {
+                    return Err(StoreError::Changed {
+                        shard: shard.display().to_string(),
+                        dir: self.dir.clone(),
+                        now,
+                        then,
+                    });
+                }
+            }
+            // A repeated key is its own missing row (`duplicate_key`); its first sample stays.
             let missing: BTreeMap<&str, &str> = header
                 .missing
                 .iter()
+                .filter(|(_, r)| r != "duplicate_key")
                 .map(|(k, r)| (k.as_str(), r.as_str()))
                 .collect();
             let expected: Vec<&String> = tar_keys

@@ -85,6 +85,7 @@ fn mean_and_std_come_exactly_from_the_stored_values() {
             samples: keys.len() as u64,
             missing: 1,
             problems: Default::default(),
+            fingerprint: None,
             complete: true,
         });
     }
@@ -120,6 +121,7 @@ fn check_shards_names_the_shard_and_the_first_differing_key() {
         samples: 3,
         missing: 1,
         problems: Default::default(),
+        fingerprint: None,
         complete: true,
     };
     m.record(entry.clone());
@@ -168,6 +170,7 @@ fn check_shards_names_the_shard_and_the_first_differing_key() {
     let mut m2 = Manifest::load(d).unwrap();
     m2.record(ShardEntry {
         problems: Default::default(),
+        fingerprint: None,
         complete: false,
         ..entry
     });
@@ -247,6 +250,7 @@ fn the_join_cache_loads_each_shard_of_a_small_store_once() {
             samples: 2,
             missing: 0,
             problems: Default::default(),
+            fingerprint: None,
             complete: true,
         });
     }

@@ -70,6 +70,8 @@ pub struct EmbedReport {
     pub embedded_shards: usize,
     /// Shards found complete and skipped.
     pub skipped_shards: usize,
+    /// Shards found complete but changed since (their fingerprint differs): embedded again.
+    pub changed_shards: usize,
     /// Samples embedded by this run.
     pub samples: u64,
     /// Samples recorded as missing by this run, by reason.
@@ -197,8 +199,25 @@ pub fn embed(job: &EmbedJob, embedder: &(dyn Embedder + Sync)) -> anyhow::Result
     if let Some(dup) = names.iter().find(|n| !seen.insert(n.as_str())) {
         bail!("two shards are named {dup}: the store keys files by shard name");
     }
+    // A shard is done when its entry is complete and, for a local shard, it still has the
+    // fingerprint it was embedded with (a header scan); a changed shard is embedded anew.
+    // Remote shards are not fetched to check: their keys are checked as they stream.
+    let mut changed_shards = 0;
     let todo: Vec<usize> = (0..shards.len())
-        .filter(|&i| !manifest.entry(&names[i]).is_some_and(|e| e.complete))
+        .filter(|&i| {
+            let Some(e) = manifest.entry(&names[i]).filter(|e| e.complete) else {
+                return true;
+            };
+            let (Some(then), false) = (&e.fingerprint, is_remote(&shards[i])) else {
+                return false;
+            };
+            let changed = unclip_data::shard::fingerprint(&shards[i]) != *then;
+            if changed {
+                tracing::warn!(shard = %names[i], "the shard changed since it was embedded: embedding it again");
+                changed_shards += 1;
+            }
+            changed
+        })
         .collect();
     // The progress bar's length: local shards are counted from their headers; remote ones are
     // not (that would download them), so the bar then only counts.
@@ -215,6 +234,7 @@ pub fn embed(job: &EmbedJob, embedder: &(dyn Embedder + Sync)) -> anyhow::Result
         out: job.out.clone(),
         shards: shards.len(),
         skipped_shards: shards.len() - todo.len(),
+        changed_shards,
         ..Default::default()
     };
     let threads = thread_count(job.workers);
@@ -273,7 +293,9 @@ pub fn embed(job: &EmbedJob, embedder: &(dyn Embedder + Sync)) -> anyhow::Result
                 },
             )
         };
+        let mut fp = unclip_data::shard::Fingerprint::default();
         read_shard(shard, i as u32, &mut |item| {
+            fp.add(&item);
             match item {
                 ShardItem::Sample(s) => {
                     chunk.push(s);
@@ -315,6 +337,7 @@ pub fn embed(job: &EmbedJob, embedder: &(dyn Embedder + Sync)) -> anyhow::Result
             samples: rows.out.keys.len() as u64,
             missing: rows.out.missing.len() as u64,
             problems,
+            fingerprint: Some(fp.finish()),
             complete: true,
         });
         manifest.save(&job.out)?;

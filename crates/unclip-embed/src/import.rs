@@ -465,6 +465,9 @@ fn write(
         samples: e.keys.len() as u64,
         missing: e.missing.len() as u64,
         problems: Default::default(),
+        // Local shards were read for their keys; fingerprinting them costs another header scan.
+        fingerprint: (!unclip_data::remote::is_remote(shard))
+            .then(|| unclip_data::shard::fingerprint(shard)),
         complete: true,
     });
     manifest.save(out)?;

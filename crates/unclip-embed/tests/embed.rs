@@ -227,3 +227,88 @@ fn problems_of_the_shard_file_are_counted_in_the_report_and_the_manifest() {
         .problems
         .is_empty());
 }
+
+#[test]
+fn a_repacked_shard_is_refused_for_training_and_embedded_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let shards = shapes(dir.path());
+    let out = dir.path().join("emb");
+    embed(&job(&shards, &out, false), &Fake { name: "a" }).unwrap();
+    let list = unclip_data::spec::resolve(&shards.to_string_lossy()).unwrap();
+    EmbeddingStore::open(&out)
+        .unwrap()
+        .check_shards(&list)
+        .unwrap();
+
+    // Re-pack shard 0 so that every key holds another sample's image: same keys, same order.
+    let s0 = shards.join("00000.tar");
+    let mut members = unclip_data_tools::read_members(&s0).unwrap();
+    let pngs: Vec<usize> = (0..members.len())
+        .filter(|&i| members[i].0.ends_with(".png"))
+        .collect();
+    let first = members[pngs[0]].1.clone();
+    for w in pngs.windows(2) {
+        members[w[0]].1 = members[w[1]].1.clone();
+    }
+    members[*pngs.last().unwrap()].1 = first;
+    unclip_data_tools::write_shard(&s0, &members).unwrap();
+
+    let err = EmbeddingStore::open(&out)
+        .unwrap()
+        .check_shards(&list)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("00000.tar") && err.contains("changed after it was embedded"),
+        "{err}"
+    );
+    let report = embed(&job(&shards, &out, false), &Fake { name: "a" }).unwrap();
+    assert_eq!(
+        (
+            report.changed_shards,
+            report.embedded_shards,
+            report.skipped_shards
+        ),
+        (1, 1, 2)
+    );
+    EmbeddingStore::open(&out)
+        .unwrap()
+        .check_shards(&list)
+        .unwrap();
+
+    // A store file cut short is refused before training, naming the file.
+    let file = out.join(unclip_data::store::embedding_file_name(&s0));
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::write(&file, &bytes[..bytes.len() - 10]).unwrap();
+    let err = EmbeddingStore::open(&out)
+        .unwrap()
+        .check_shards(&list)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cut short"), "{err}");
+}
+
+#[test]
+fn a_repeated_key_is_a_counted_bad_sample_not_a_second_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let shards = shapes(dir.path());
+    let s2 = shards.join("00002.tar");
+    let mut members = unclip_data_tools::read_members(&s2).unwrap();
+    let key = members[0].0.split('.').next().unwrap().to_string();
+    let again: Vec<(String, Vec<u8>)> = members
+        .iter()
+        .filter(|(n, _)| n.starts_with(&format!("{key}.")))
+        .cloned()
+        .collect();
+    members.extend(again);
+    unclip_data_tools::write_shard(&s2, &members).unwrap();
+    let out = dir.path().join("emb");
+    let report = embed(&job(&shards, &out, false), &Fake { name: "a" }).unwrap();
+    assert_eq!(report.missing.get("duplicate_key"), Some(&1), "{report:?}");
+    assert_eq!(report.samples, 90);
+    let list = unclip_data::spec::resolve(&shards.to_string_lossy()).unwrap();
+    let store = EmbeddingStore::open(&out).unwrap();
+    store.check_shards(&list).unwrap();
+    let e = store.load_shard(&s2).unwrap();
+    assert_eq!(e.keys.iter().filter(|k| **k == key).count(), 1);
+}

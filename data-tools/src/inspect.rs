@@ -159,6 +159,19 @@ pub fn inspect(opts: &InspectOptions) -> anyhow::Result<InspectReport> {
                 sheet.display()
             );
         }
+        // Replacing an earlier contact sheet is fine; replacing any other file is not.
+        let mut head = [0u8; 8];
+        let is_png = std::fs::File::open(sheet)
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
+            .is_ok()
+            && head == *b"\x89PNG\r\n\x1a\n";
+        if sheet.exists() && !is_png {
+            anyhow::bail!(
+                "--contact-sheet {} exists and is not a PNG image: choose another file (only an \
+                 earlier contact sheet is replaced)",
+                sheet.display()
+            );
+        }
     }
     let k = if opts.contact_sheet.is_some() {
         opts.k

@@ -186,11 +186,20 @@ pub fn prepare_output_dir(dir: &Path, overwrite: bool) -> io::Result<()> {
         Err(e) => return Err(e),
     };
     let mut stale = Vec::new();
+    let mut temporary = Vec::new();
     for entry in entries {
         let path = entry?.path();
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-        if name.is_some_and(|n| n.ends_with(".tar") || n.ends_with("_stats.json")) {
+        if unclip_fs::is_temporary(&path) {
+            // Left by a writer that was killed mid-file: never data, removed with --overwrite.
+            temporary.push(path);
+        } else if name.is_some_and(|n| n.ends_with(".tar") || n.ends_with("_stats.json")) {
             stale.push(path);
+        }
+    }
+    if overwrite {
+        for path in temporary {
+            std::fs::remove_file(path)?;
         }
     }
     stale.sort();
@@ -382,6 +391,8 @@ mod tests {
         assert!(err.to_string().contains("00099.tar"), "{err}");
         assert!(dir.path().join("00000.tar").exists());
         std::fs::remove_file(dir.path().join("00099.tar")).unwrap();
+        // A temporary file left by a killed writer is no shard: removed with --overwrite.
+        std::fs::write(dir.path().join(".tmp-1-0-00005.tar"), b"partial").unwrap();
         prepare_output_dir(dir.path(), true).unwrap();
         let left: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()

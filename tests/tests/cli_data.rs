@@ -75,6 +75,22 @@ fn synth_then_inspect_counts_every_sample_and_draws_a_contact_sheet() {
     assert_eq!(refused.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("names one of the shards"));
     assert_eq!(std::fs::read(&shard).unwrap(), before);
+    // Nor any other file that is not an earlier contact sheet.
+    let notes = cwd.path().join("notes.txt");
+    std::fs::write(&notes, "keep").unwrap();
+    let refused = unclip(
+        BIN,
+        &[
+            "data",
+            "inspect",
+            &shard,
+            "--contact-sheet",
+            notes.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("is not a PNG image"));
+    assert_eq!(std::fs::read_to_string(&notes).unwrap(), "keep");
 }
 
 #[test]

@@ -228,6 +228,31 @@ fn quick_demo_runs_end_to_end_and_the_prior_beats_the_baselines() {
     // The two ends differ: the path really moves between the captions' embeddings.
     let cell = |i: u32| image::imageops::crop_imm(&interp, 2 + i * 66, 2, 64, 64).to_image();
     assert_ne!(cell(0).into_raw(), cell(2).into_raw());
+    // An evaluation with nothing to score is a clear error, not a panic.
+    let empty = unclip(
+        BIN,
+        &[
+            "eval",
+            "--pipeline",
+            s(&out.join("pipeline")),
+            "--data",
+            s(&out.join("data")),
+            "--out",
+            s(&tmp.path().join("empty-eval")),
+            "--captions",
+            "0",
+            "--pairs",
+            "0",
+            "--holdout",
+            "0",
+        ],
+    );
+    assert_eq!(empty.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&empty.stderr);
+    assert!(
+        err.contains("--captions must be at least 1") && !err.contains("panicked"),
+        "{err}"
+    );
 }
 
 mod report {

@@ -336,3 +336,125 @@ fn an_interrupted_run_saves_and_exits_with_128_plus_the_signal() {
         assert_eq!(summary["interrupted"], true);
     }
 }
+
+#[test]
+fn values_that_size_allocations_are_bounded_config_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("big.yaml");
+    let data = "stage: denoise\ndata:\n  batch_size: 2\n";
+    // (what is added to the config, the line the error names if any, what it says)
+    for (extra, line, want) in [
+        (
+            "  shuffle_buffer: 1000000000000\n",
+            Some(4),
+            "data.shuffle_buffer: must be at most 16777216",
+        ),
+        (
+            "  prefetch_batches: 1000000000000\n",
+            Some(4),
+            "data.prefetch_batches: must be in [1, 4096]",
+        ),
+        (
+            "  workers: 100000\n",
+            Some(4),
+            "data.workers: must be in [1, 4096]",
+        ),
+        (
+            "diffusion:\n  timesteps: 4000000000\n",
+            None,
+            "`timesteps` must be in [2, 100000]",
+        ),
+    ] {
+        std::fs::write(&config, format!("{data}{extra}")).unwrap();
+        let run = dir.path().join("run");
+        let out = unclip(BIN, &["train", "--config", s(&config), "--out", s(&run)]);
+        assert_eq!(out.status.code(), Some(1), "{extra}");
+        let err = stderr(&out);
+        if let Some(line) = line {
+            let at = format!("{}:{line}:", config.display());
+            assert!(err.contains(&at), "{err}");
+        }
+        assert!(err.contains(want), "{err}");
+        assert!(
+            !err.contains("panicked") && !err.contains("memory allocation"),
+            "{err}"
+        );
+        assert!(!run.exists());
+    }
+}
+
+/// Several writers racing on one folder, repeated: each round ends with exactly one complete
+/// output (what one writer wrote), never a mix, and every refused writer says why.
+#[test]
+fn racing_writers_never_leave_a_mixed_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("race");
+    for round in 0..5 {
+        let children: Vec<Child> = (0..4)
+            .map(|w| {
+                Command::new(BIN)
+                    .args([
+                        "data",
+                        "synth",
+                        "--out",
+                        s(&out),
+                        "--count",
+                        "48",
+                        "--size",
+                        "16",
+                        "--samples-per-shard",
+                        "8",
+                        "--seed",
+                        &(round * 4 + w).to_string(),
+                        "--threads",
+                        "1",
+                        "--overwrite",
+                    ])
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let mut ok = 0;
+        for c in children {
+            let o = c.wait_with_output().unwrap();
+            if o.status.success() {
+                ok += 1;
+            } else {
+                assert!(
+                    stderr(&o).contains("in use by another unclip process"),
+                    "{}",
+                    stderr(&o)
+                );
+            }
+        }
+        assert!(ok >= 1, "round {round}: every writer was refused");
+        // The train split is one writer's whole output: the files it recorded, all present,
+        // nothing else, and every sample readable.
+        let train = out.join("train");
+        let listed: std::collections::BTreeSet<String> =
+            std::fs::read_to_string(train.join(".unclip-written"))
+                .unwrap()
+                .lines()
+                .map(str::to_owned)
+                .collect();
+        let present: std::collections::BTreeSet<String> = std::fs::read_dir(&train)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".tar") || n.ends_with("_stats.json"))
+            .collect();
+        assert_eq!(listed, present, "round {round}");
+        let report: serde_json::Value =
+            serde_json::from_str(&unclip_ok(BIN, &["data", "inspect", s(&train), "--json"]))
+                .unwrap();
+        let bad = report["bad"]
+            .as_object()
+            .map_or(0, |m| m.values().filter_map(|v| v.as_u64()).sum::<u64>());
+        assert_eq!(bad, 0, "round {round}: {report}");
+        assert!(
+            report["samples"].as_u64().unwrap_or(0) > 0,
+            "round {round}: {report}"
+        );
+    }
+}

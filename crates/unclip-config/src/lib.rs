@@ -64,7 +64,7 @@ mod tree;
 mod tests;
 
 pub use error::ConfigError;
-pub use number::{AtLeastOne, Fraction, Positive};
+pub use number::{AtLeastOne, Capacity, Fraction, Positive, SmallCount};
 
 /// A loaded config: the typed value and the merged config as YAML text.
 #[derive(Debug, Clone, PartialEq)]

@@ -88,3 +88,44 @@ checked_number!(
         }
     }
 );
+
+/// The most a [`Capacity`] may be: 2^24.
+pub const MAX_CAPACITY: u64 = 1 << 24;
+
+/// An integer in [0, 2^24]: a count that sizes a buffer held in memory (a shuffle buffer), so a
+/// value that would abort on allocation is a config error instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity(pub u64);
+checked_number!(
+    Capacity,
+    u64,
+    deserialize_u64,
+    |v| u64::try_from(v).ok(),
+    |v| {
+        if v <= MAX_CAPACITY {
+            Ok(())
+        } else {
+            Err(format!("must be at most {MAX_CAPACITY}, got {v}"))
+        }
+    }
+);
+
+/// The most a [`SmallCount`] may be.
+pub const MAX_SMALL_COUNT: u64 = 4096;
+
+/// An integer in [1, 4096]: threads, or batches queued in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SmallCount(pub u64);
+checked_number!(
+    SmallCount,
+    u64,
+    deserialize_u64,
+    |v| u64::try_from(v).ok(),
+    |v| {
+        if (1..=MAX_SMALL_COUNT).contains(&v) {
+            Ok(())
+        } else {
+            Err(format!("must be in [1, {MAX_SMALL_COUNT}], got {v}"))
+        }
+    }
+);

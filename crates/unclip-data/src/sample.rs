@@ -12,6 +12,10 @@ use crate::decode::{caption_from_json, caption_from_txt, IMAGE_EXTENSIONS};
 use crate::shard::{MemberReader, RawSample};
 use crate::transform::DecodedSample;
 
+/// The largest caption member (`.txt`, `.json`) read: 1 MiB (a caption is a sentence; CLIP reads
+/// 77 tokens). A bigger one makes the sample `caption_too_large` without being read.
+pub const MAX_CAPTION_BYTES: u64 = 1 << 20;
+
 /// Image formats we recognise but do not decode: counted apart from samples with no image.
 const OTHER_IMAGE_EXTENSIONS: [&str; 8] =
     ["gif", "bmp", "tif", "tiff", "avif", "heic", "jxl", "jp2"];
@@ -52,6 +56,12 @@ pub fn read_sample(
             "missing_image"
         });
     };
+    if ["txt", "json"]
+        .iter()
+        .any(|ext| raw.member(ext).is_some_and(|m| m.len() > MAX_CAPTION_BYTES))
+    {
+        return Err("caption_too_large");
+    }
     let mut warning = None;
     let caption = match &opts.caption {
         CaptionSource::Txt => match raw.member("txt") {

@@ -43,6 +43,25 @@ pub struct Member {
     pub data: MemberData,
 }
 
+impl Member {
+    /// The member's size in bytes (from its tar header when not read yet).
+    pub fn len(&self) -> u64 {
+        match &self.data {
+            MemberData::Bytes(b) => b.len() as u64,
+            MemberData::At { len, .. } => *len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The largest member a sample may have (256 MiB): a bigger one (a tar header claiming gigabytes,
+/// a sparse file) makes its sample the bad sample `member_too_large` without its bytes being
+/// read or allocated.
+pub const MAX_MEMBER_BYTES: u64 = 256 << 20;
+
 /// One group of members sharing a key.
 #[derive(Debug, Clone)]
 pub struct RawSample {
@@ -131,6 +150,13 @@ impl Grouper<'_> {
             sample.invalid = Some("duplicate_member");
         }
         sample.members.push(Member { ext, data });
+    }
+
+    /// Rules out the sample being gathered.
+    fn invalidate(&mut self, reason: &'static str) {
+        if let Some(s) = &mut self.current {
+            s.invalid = Some(reason);
+        }
     }
 
     /// Delivers the sample being gathered: every member it has arrived whole.
@@ -256,7 +282,8 @@ fn read_archive<S: Source>(mut tar: TarStream<S>, inline: bool, shown: &str, g: 
             .then(|| split_member_path(&entry.name))
             .flatten()
             .map(|(k, e)| (k.to_string(), e));
-        let read = match (&member, inline) {
+        let too_large = member.is_some() && entry.size > MAX_MEMBER_BYTES;
+        let read = match (&member, inline && !too_large) {
             (Some(_), true) => tar.read_data(&entry).map(MemberData::Bytes),
             _ => tar.skip_data(&entry).map(|()| MemberData::At {
                 offset: entry.offset,
@@ -264,7 +291,12 @@ fn read_archive<S: Source>(mut tar: TarStream<S>, inline: bool, shown: &str, g: 
             }),
         };
         match (read, member) {
-            (Ok(data), Some((key, ext))) => g.push(&key, ext, data),
+            (Ok(data), Some((key, ext))) => {
+                g.push(&key, ext, data);
+                if too_large {
+                    g.invalidate("member_too_large");
+                }
+            }
             (Ok(_), None) => {}
             (Err(End::CutInData), _) => {
                 let detail = format!("{shown}: member `{}` is cut short", entry.name);
@@ -366,13 +398,9 @@ impl Fingerprint {
                 self.0.update((s.key.len() as u64).to_le_bytes());
                 self.0.update(s.key.as_bytes());
                 for m in &s.members {
-                    let len = match &m.data {
-                        MemberData::Bytes(b) => b.len() as u64,
-                        MemberData::At { len, .. } => *len,
-                    };
                     self.0.update((m.ext.len() as u64).to_le_bytes());
                     self.0.update(m.ext.as_bytes());
-                    self.0.update(len.to_le_bytes());
+                    self.0.update(m.len().to_le_bytes());
                 }
             }
             ShardItem::Problem(reason, _) | ShardItem::Warning(reason, _) => {
@@ -438,6 +466,54 @@ mod tests {
             b.append_data(&mut h, name, *data).unwrap();
         }
         b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn a_member_claiming_gigabytes_is_a_bad_sample_never_allocated() {
+        // A valid sample, then one whose image's header claims 1 GiB (sparse zeros on disk).
+        let mut bytes = tar_of(&[("a.jpg", b"data-a"), ("a.txt", b"data-t")], &[]);
+        bytes.truncate(bytes.len() - 1024); // drop the end-of-archive blocks
+        let mut h = tar::Header::new_ustar();
+        h.set_path("b.jpg").unwrap();
+        h.set_size(1 << 30);
+        h.set_cksum();
+        bytes.extend_from_slice(h.as_bytes());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sparse.tar");
+        std::fs::write(&path, &bytes).unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(bytes.len() as u64 + (1 << 30) + 1024).unwrap();
+        let mut seen = Vec::new();
+        read_shard(&path, 0, &mut |item| {
+            if let ShardItem::Sample(s) = item {
+                seen.push((s.key, s.invalid));
+            }
+            true
+        });
+        assert_eq!(
+            seen,
+            [
+                ("a".to_string(), None),
+                ("b".into(), Some("member_too_large"))
+            ]
+        );
+        // A caption member over the caption cap is refused before it is read.
+        let big = vec![b'x'; (crate::sample::MAX_CAPTION_BYTES + 1) as usize];
+        let bytes = tar_of(&[("c.jpg", b"data-c"), ("c.txt", &big)], &[]);
+        std::fs::write(&path, bytes).unwrap();
+        let shards = vec![path.clone()];
+        let opts = crate::sample::ReadOptions {
+            caption: crate::CaptionSource::Txt,
+            require_caption: true,
+            max_pixels: 1,
+        };
+        read_shard(&path, 0, &mut |item| {
+            if let ShardItem::Sample(s) = item {
+                let r = crate::sample::read_sample(&shards, &opts, &mut MemberReader::default(), s);
+                assert_eq!(r.err(), Some("caption_too_large"));
+            }
+            true
+        });
     }
 
     fn groups(bytes: Vec<u8>, name: &str) -> Vec<(String, Vec<String>, Option<&'static str>)> {

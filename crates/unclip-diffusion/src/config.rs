@@ -83,13 +83,20 @@ fn invalid(key: &'static str, why: impl Into<String>) -> DiffusionError {
     }
 }
 
+/// The most timesteps a schedule may have.
+pub const MAX_TIMESTEPS: usize = 100_000;
+
 impl DiffusionConfig {
     /// Check the combination of options; every error names the offending key.
     pub fn validate(&self) -> Result<(), DiffusionError> {
-        if self.timesteps < 2 {
+        if !(2..=MAX_TIMESTEPS).contains(&self.timesteps) {
             return Err(invalid(
                 "timesteps",
-                format!("must be at least 2, got {}", self.timesteps),
+                format!(
+                    "must be in [2, {MAX_TIMESTEPS}], got {} (the schedule's tables hold one \
+                     entry per timestep; papers use 1000 to 4000)",
+                    self.timesteps
+                ),
             ));
         }
         match (self.loss, self.variance) {

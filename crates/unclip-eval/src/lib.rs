@@ -182,6 +182,13 @@ pub fn evaluate<B: Backend + Sync>(
     o: &EvalOptions,
 ) -> Result<EvalReport, InferError> {
     let val = o.data.join("val");
+    if o.captions == 0 {
+        return Err(pipeline_error(
+            &val,
+            "--captions must be at least 1: the evaluation scores single-object captions \
+             (--pairs 0 and --holdout 0 skip those parts)",
+        ));
+    }
     // Enough single-object captions for every palette colour to appear.
     let single = read_split(&val, o.captions.max(o.sweep_captions).max(256), |s| {
         s.objects.len() == 1

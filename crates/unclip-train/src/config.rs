@@ -2,13 +2,13 @@
 //! defaulted except what only the user can know (`stage`, `data.shards`). Every default is
 //! documented in docs/config.md and checked against these structs by a test.
 //!
-//! Range checks live in the field types ([`Positive`], [`Fraction`], [`AtLeastOne`]) so that
+//! Range checks live in the field types ([`Positive`], [`Fraction`], [`AtLeastOne`], [`Capacity`], [`SmallCount`]) so that
 //! an out-of-range value is reported by the config core with its key path and `file:line`.
 
 use serde::{Deserialize, Serialize};
 use unclip_diffusion::DiffusionConfig;
 
-pub use unclip_config::{AtLeastOne, Fraction, Positive};
+pub use unclip_config::{AtLeastOne, Capacity, Fraction, Positive, SmallCount};
 
 pub use unclip_stages::Stage;
 
@@ -111,13 +111,13 @@ pub struct DataConfig {
     /// several `devices` each trains on `batch_size / devices` of them.
     pub batch_size: AtLeastOne,
     #[serde(default = "default_workers")]
-    pub workers: AtLeastOne,
+    pub workers: SmallCount,
     #[serde(default = "default_true")]
     pub shuffle: bool,
     #[serde(default = "default_shuffle_buffer")]
-    pub shuffle_buffer: u64,
+    pub shuffle_buffer: Capacity,
     #[serde(default = "default_prefetch")]
-    pub prefetch_batches: AtLeastOne,
+    pub prefetch_batches: SmallCount,
     /// Side of the square training images, in pixels.
     #[serde(default = "default_image_size")]
     pub image_size: AtLeastOne,
@@ -139,17 +139,17 @@ pub struct DataConfig {
     pub remote: unclip_data::remote::RemoteConfig,
 }
 
-fn default_workers() -> AtLeastOne {
-    AtLeastOne(2)
+fn default_workers() -> SmallCount {
+    SmallCount(2)
 }
 fn default_true() -> bool {
     true
 }
-fn default_shuffle_buffer() -> u64 {
-    1000
+fn default_shuffle_buffer() -> Capacity {
+    Capacity(1000)
 }
-fn default_prefetch() -> AtLeastOne {
-    AtLeastOne(4)
+fn default_prefetch() -> SmallCount {
+    SmallCount(4)
 }
 fn default_image_size() -> AtLeastOne {
     AtLeastOne(64)

@@ -313,7 +313,7 @@ where
         c.workers = d.workers.0 as usize;
         c.seed = self.cfg.seed;
         c.shuffle = training && d.shuffle;
-        c.shuffle_buffer = d.shuffle_buffer as usize;
+        c.shuffle_buffer = d.shuffle_buffer.0 as usize;
         c.prefetch_batches = d.prefetch_batches.0 as usize;
         c.require_caption = false;
         c.drop_last = training;

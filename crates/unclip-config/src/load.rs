@@ -9,6 +9,12 @@ use crate::tree::{self, push_index, Entry, Kind, Node, Source};
 
 /// Deepest chain of includes accepted.
 const MAX_INCLUDE_DEPTH: usize = 32;
+/// Most included files read for one config, counting a file each time it is included: a config
+/// whose includes fan out (each file including the next several times) stops here instead of
+/// loading exponentially many files.
+const MAX_INCLUDE_LOADS: usize = 256;
+/// Most bytes of YAML read for one config, over all its files.
+const MAX_TOTAL_BYTES: usize = 16 << 20;
 
 /// Merges `overlay` on top of `base`: mappings merge key by key (recursively), anything else
 /// in the overlay (scalar, sequence, explicit null) replaces the base value.
@@ -52,6 +58,9 @@ pub(crate) fn merge(base: Node, overlay: Node) -> Node {
 pub(crate) struct Loader {
     /// Canonical paths and display names of the files being loaded (the include chain).
     chain: Vec<(PathBuf, String)>,
+    /// Included files read so far, and bytes of YAML over all files.
+    loads: usize,
+    bytes: usize,
 }
 
 impl Loader {
@@ -73,6 +82,16 @@ impl Loader {
         canonical: Option<PathBuf>,
         dir: &Path,
     ) -> Result<Node, ConfigError> {
+        self.bytes += text.len();
+        if self.bytes > MAX_TOTAL_BYTES {
+            return Err(ConfigError::plain(
+                &name,
+                format!(
+                    "the config and its includes hold more than {} MiB of YAML",
+                    MAX_TOTAL_BYTES >> 20
+                ),
+            ));
+        }
         let name: Arc<str> = name.into();
         let root = tree::parse(text, Source::File(&name))?;
         let root_loc = Loc::file(&name, 1, 1);
@@ -137,6 +156,17 @@ impl Loader {
                 loc,
                 key_path,
                 format!("includes nested deeper than {MAX_INCLUDE_DEPTH} files"),
+            ));
+        }
+        self.loads += 1;
+        if self.loads > MAX_INCLUDE_LOADS {
+            return Err(ConfigError::at(
+                loc,
+                key_path,
+                format!(
+                    "more than {MAX_INCLUDE_LOADS} included files in all (a file counts each time \
+                     it is included): do the includes fan out?"
+                ),
             ));
         }
         let text = match read_text(&target, &display) {

@@ -790,6 +790,23 @@ fn include_cycle_names_the_chain() {
 }
 
 #[test]
+fn includes_that_fan_out_stop_at_a_cap_quickly() {
+    // f0 includes f1 ten times, f1 includes f2 ten times, …: 10^20 loads without a cap.
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..20 {
+        let list: String = (0..10).map(|_| format!("  - f{}.yaml\n", i + 1)).collect();
+        write(
+            dir.path(),
+            &format!("f{i}.yaml"),
+            &format!("include:\n{list}"),
+        );
+    }
+    write(dir.path(), "f20.yaml", "name: leaf\n");
+    let err = load::<Config>(&dir.path().join("f0.yaml"), &[]).unwrap_err();
+    assert!(err.message().contains("included files in all"), "{err}");
+}
+
+#[test]
 fn include_bad_value_and_non_mapping_base() {
     let dir = tempfile::tempdir().unwrap();
     let run = write(dir.path(), "run.yaml", "include: {a: 1}\n");

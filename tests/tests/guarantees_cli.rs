@@ -458,3 +458,29 @@ fn racing_writers_never_leave_a_mixed_folder() {
         );
     }
 }
+
+#[test]
+fn sample_refuses_more_images_than_it_can_hold_before_loading_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = unclip(
+        BIN,
+        &[
+            "sample",
+            "--pipeline",
+            s(&dir.path().join("no-pipeline")),
+            "--prompt",
+            "a red cube",
+            "-n",
+            "100000",
+            "--out",
+            s(&dir.path().join("grid.png")),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("one call makes at most 256"), "{err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("memory allocation"),
+        "{err}"
+    );
+}

@@ -107,9 +107,23 @@ pub struct SampleArgs {
     pub quiet: bool,
 }
 
+/// The most images one `unclip sample` call makes.
+const MAX_SAMPLE_IMAGES: usize = 256;
+
 pub fn run_sample(a: SampleArgs) -> anyhow::Result<()> {
     if a.n == 0 {
         bail!("-n must be at least 1");
+    }
+    // Every image goes into one grid PNG held in memory: bound it before loading anything.
+    let total = a.n.saturating_mul(a.prompts.len().max(1));
+    if total > MAX_SAMPLE_IMAGES {
+        bail!(
+            "{total} images asked for (-n {} × {} prompt(s)); one call makes at most \
+             {MAX_SAMPLE_IMAGES} (they are drawn into one grid image held in memory): run it \
+             several times with other --seed values",
+            a.n,
+            a.prompts.len().max(1)
+        );
     }
     let device = Default::default();
     let p = Pipeline::<B>::load(&a.pipeline, &device)

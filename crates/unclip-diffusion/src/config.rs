@@ -17,7 +17,9 @@ use crate::schedule::{BetaSchedule, Schedule};
 pub struct DiffusionConfig {
     /// Beta schedule. Default `cosine`.
     pub schedule: BetaSchedule,
-    /// T, the number of training timesteps. Default 1000.
+    /// T, the number of training timesteps. Default 1000; at most [`MAX_TIMESTEPS`], checked
+    /// as the value is read so that a config error names its line.
+    #[serde(deserialize_with = "bounded_timesteps")]
     pub timesteps: usize,
     /// What the network predicts. Default `eps`.
     pub parameterization: Parameterization,
@@ -85,6 +87,18 @@ fn invalid(key: &'static str, why: impl Into<String>) -> DiffusionError {
 
 /// The most timesteps a schedule may have.
 pub const MAX_TIMESTEPS: usize = 100_000;
+
+fn bounded_timesteps<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    let t = u64::deserialize(d)?;
+    if (2..=MAX_TIMESTEPS as u64).contains(&t) {
+        Ok(t as usize)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "`timesteps` must be in [2, {MAX_TIMESTEPS}], got {t} (the schedule's tables hold \
+             one entry per timestep; papers use 1000 to 4000)"
+        )))
+    }
+}
 
 impl DiffusionConfig {
     /// Check the combination of options; every error names the offending key.

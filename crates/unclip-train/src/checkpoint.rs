@@ -231,8 +231,18 @@ fn recorder() -> NamedMpkFileRecorder<FullPrecisionSettings> {
     NamedMpkFileRecorder::new()
 }
 
+/// burn's recorder reports I/O failures as text (through its MessagePack encoder); a full disk
+/// keeps its kind and says so first.
 fn rec_err(e: burn::record::RecorderError) -> io::Error {
-    io::Error::other(e.to_string())
+    let text = e.to_string();
+    if text.contains("No space left on device") || text.contains("os error 28") {
+        io::Error::new(
+            io::ErrorKind::StorageFull,
+            format!("no space left on device ({text})"),
+        )
+    } else {
+        io::Error::other(text)
+    }
 }
 
 fn sync_file(path: &Path) -> io::Result<()> {
@@ -507,6 +517,18 @@ pub fn load_record<B: Backend, R: Record<B>>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_disk_inside_the_recorder_is_reported_as_one() {
+        let e = rec_err(burn::record::RecorderError::Unknown(
+            "Failed to encode: IO error while writing data: No space left on device (os error 28)"
+                .into(),
+        ));
+        assert_eq!(e.kind(), io::ErrorKind::StorageFull);
+        assert!(e.to_string().starts_with("no space left on device"), "{e}");
+        let other = rec_err(burn::record::RecorderError::Unknown("bad".into()));
+        assert_eq!(other.kind(), io::ErrorKind::Other);
+    }
 
     #[test]
     fn other_shapes_are_named_before_loading() {

@@ -99,6 +99,16 @@ fn decode_full(bytes: &[u8], ext: &str, width: u32, height: u32) -> Result<RgbIm
             return Ok(img);
         }
     }
+    decode_with_image_crate(bytes, ext, width, height)
+}
+
+/// The `image` crate's decoders: PNG, WebP, and the JPEGs libjpeg-turbo refuses.
+fn decode_with_image_crate(
+    bytes: &[u8],
+    ext: &str,
+    width: u32,
+    height: u32,
+) -> Result<RgbImage, DecodeError> {
     let mut r = reader(bytes, ext)?;
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(width);
@@ -160,19 +170,19 @@ pub fn decode_rgb_for(
     resize_short: u32,
 ) -> Result<Pixels, DecodeError> {
     let (width, height) = checked_dimensions(bytes, ext, max_pixels)?;
-    if is_jpeg(bytes) {
-        let factor = crate::jpeg::reduction_for(width, height, resize_short.saturating_mul(2));
-        if factor > 1 {
-            if let Some(image) = crate::jpeg::decode(bytes, factor) {
-                return Ok(Pixels {
-                    image,
-                    full_size: (width, height),
-                    reduction: factor,
-                });
-            }
-        }
+    if !is_jpeg(bytes) {
+        return decode_with_image_crate(bytes, ext, width, height).map(Pixels::full);
     }
-    decode_full(bytes, ext, width, height).map(Pixels::full)
+    let factor = crate::jpeg::reduction_for(width, height, resize_short.saturating_mul(2));
+    match crate::jpeg::decode(bytes, factor) {
+        Some(image) => Ok(Pixels {
+            image,
+            full_size: (width, height),
+            reduction: factor,
+        }),
+        // libjpeg-turbo refused it (CMYK, damage): once is enough.
+        None => decode_with_image_crate(bytes, ext, width, height).map(Pixels::full),
+    }
 }
 
 /// 8-bit RGB; transparent pixels are composited on a white background (what a viewer shows).

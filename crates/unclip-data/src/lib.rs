@@ -22,6 +22,7 @@ pub mod config;
 pub mod decode;
 pub mod degrade;
 mod error;
+pub mod fingerprint;
 pub mod join;
 mod jpeg;
 pub mod loader;

@@ -150,6 +150,20 @@ struct Retrying<O> {
 }
 
 impl<O: Opener> Retrying<O> {
+    fn boxed(opener: O, cfg: &RemoteConfig, shown: String) -> Box<dyn Read + Send>
+    where
+        O: Send + 'static,
+    {
+        Box::new(Retrying {
+            opener,
+            inner: None,
+            pos: 0,
+            failures: 0,
+            cfg: cfg.clone(),
+            shown,
+        })
+    }
+
     fn fail(&mut self, e: io::Error) -> io::Result<()> {
         self.inner = None;
         if is_permanent(&e) {
@@ -432,28 +446,14 @@ pub fn open(shard: &Path, cfg: &RemoteConfig) -> io::Result<Box<dyn Read + Send>
                 auth,
                 shown: shown.clone(),
             };
-            Ok(Box::new(Retrying {
-                opener,
-                inner: None,
-                pos: 0,
-                failures: 0,
-                cfg: cfg.clone(),
-                shown,
-            }))
+            Ok(Retrying::boxed(opener, cfg, shown))
         }
         Location::Pipe(cmd) => {
             let opener = Pipe {
                 cmd: cmd.to_owned(),
                 shown: shown.clone(),
             };
-            Ok(Box::new(Retrying {
-                opener,
-                inner: None,
-                pos: 0,
-                failures: 0,
-                cfg: cfg.clone(),
-                shown,
-            }))
+            Ok(Retrying::boxed(opener, cfg, shown))
         }
     }
 }

@@ -407,7 +407,7 @@ pub struct ShardEntry {
     /// then means every readable sample was embedded.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub problems: BTreeMap<String, u64>,
-    /// The shard's [`crate::shard::Fingerprint`] when it was embedded: training refuses the
+    /// The shard's [`crate::fingerprint::Fingerprint`] when it was embedded: training refuses the
     /// store if the shard no longer has it, and a re-run of `unclip embed` embeds it again.
     /// (Absent in stores written before fingerprints.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -572,7 +572,7 @@ impl EmbeddingStore {
             }
             let mut tar_keys = Vec::new();
             let mut duplicates = Vec::new();
-            let mut fp = crate::shard::Fingerprint::default();
+            let mut fp = crate::fingerprint::Fingerprint::default();
             crate::shard::read_shard(shard, 0, &mut |item| {
                 fp.add(&item);
                 if let crate::shard::ShardItem::Sample(s) = item {

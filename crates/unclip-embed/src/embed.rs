@@ -211,7 +211,7 @@ pub fn embed(job: &EmbedJob, embedder: &(dyn Embedder + Sync)) -> anyhow::Result
             let (Some(then), false) = (&e.fingerprint, is_remote(&shards[i])) else {
                 return false;
             };
-            let changed = unclip_data::shard::fingerprint(&shards[i]) != *then;
+            let changed = unclip_data::fingerprint::fingerprint(&shards[i]) != *then;
             if changed {
                 tracing::warn!(shard = %names[i], "the shard changed since it was embedded: embedding it again");
                 changed_shards += 1;
@@ -293,7 +293,7 @@ pub fn embed(job: &EmbedJob, embedder: &(dyn Embedder + Sync)) -> anyhow::Result
                 },
             )
         };
-        let mut fp = unclip_data::shard::Fingerprint::default();
+        let mut fp = unclip_data::fingerprint::Fingerprint::default();
         read_shard(shard, i as u32, &mut |item| {
             fp.add(&item);
             match item {

@@ -467,7 +467,7 @@ fn write(
         problems: Default::default(),
         // Local shards were read for their keys; fingerprinting them costs another header scan.
         fingerprint: (!unclip_data::remote::is_remote(shard))
-            .then(|| unclip_data::shard::fingerprint(shard)),
+            .then(|| unclip_data::fingerprint::fingerprint(shard)),
         complete: true,
     });
     manifest.save(out)?;

@@ -223,7 +223,7 @@ pub fn step_dir_name(step: u64) -> String {
     format!("step-{step}")
 }
 
-fn parse_step(name: &str) -> Option<u64> {
+pub(crate) fn parse_step(name: &str) -> Option<u64> {
     name.strip_prefix("step-")?.parse().ok()
 }
 
@@ -453,13 +453,14 @@ pub fn checkpoint_steps(run_dir: &Path) -> Vec<u64> {
 /// `latest`), or the `latest` file itself.
 pub fn resolve(path: &Path) -> Result<PathBuf, TrainError> {
     if path.is_file() && path.file_name().is_some_and(|n| n == LATEST) {
-        let run = path.parent().unwrap_or(Path::new("."));
-        let run = if run.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            run
+        let run = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
         };
-        return latest(run)?.ok_or_else(|| unreachable_latest(path));
+        return latest(run)?.ok_or_else(|| TrainError::Checkpoint {
+            path: path.to_path_buf(),
+            why: "vanished while it was read".into(),
+        });
     }
     if path.join("state.json").is_file() {
         return Ok(path.to_path_buf());
@@ -471,13 +472,6 @@ pub fn resolve(path: &Path) -> Result<PathBuf, TrainError> {
         path: path.to_path_buf(),
         why: "is neither a checkpoint folder (no state.json) nor a run folder (no `latest`)".into(),
     })
-}
-
-fn unreachable_latest(path: &Path) -> TrainError {
-    TrainError::Checkpoint {
-        path: path.to_path_buf(),
-        why: "could not be read".into(),
-    }
 }
 
 /// A checkpoint folder's `state.json`, checked for its format version.

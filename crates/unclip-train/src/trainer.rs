@@ -26,6 +26,7 @@ use crate::ema::{all_finite, renumber_params, Ema};
 use crate::metrics::{Metrics, MetricsLine};
 use crate::optim::{self, lr_at};
 use crate::parallel::{self, RankCtx};
+use crate::run_dir::{self, Resume};
 use crate::{Split, TrainError, TrainTask, ValidationSums};
 
 /// The step key of validation forward passes: fixed, so every validation of a run draws the
@@ -34,31 +35,6 @@ const VALIDATION_STEP: u64 = u64::MAX;
 /// Test hook: a run stops moving (without exiting) when it reaches this step, so that a test
 /// can kill or signal it at a known point between two checkpoints.
 pub const HANG_ENV: &str = "UNCLIP_TRAIN_TEST_HANG_AT_STEP";
-
-/// Where to start from.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum Resume {
-    /// A fresh run (the run folder must not hold a checkpoint yet).
-    #[default]
-    No,
-    /// The run folder's `latest` checkpoint (or, when that pointer file is missing, its newest
-    /// complete `step-N` folder), or a fresh run when it has none.
-    Auto,
-    /// A given checkpoint folder (or a run folder, or its `latest` file).
-    Path(PathBuf),
-    /// A fresh run that first removes what an earlier run wrote into the run folder
-    /// (checkpoints, `latest`, metrics, plots, samples, resolved config).
-    Replace,
-}
-
-/// What `unclip train` writes into a run folder: what [`Resume::Replace`] removes.
-const RUN_OUTPUTS: [&str; 5] = [
-    checkpoint::LATEST,
-    "metrics.jsonl",
-    "config.resolved.yaml",
-    "loss.png",
-    "samples",
-];
 
 /// What one optimizer step did.
 #[derive(Debug, Clone, PartialEq)]
@@ -207,46 +183,8 @@ where
             lock: None,
         };
         // One writer per run folder, held for the whole run (rank 0 writes for all ranks).
-        if let (Some(dir), true) = (&me.run_dir, root) {
-            me.lock = Some(
-                unclip_fs::FolderLock::acquire(dir, "unclip train")
-                    .map_err(|e| TrainError::Task(e.to_string()))?,
-            );
-        }
-        let from = match (&resume, &me.run_dir) {
-            (Resume::No, Some(dir)) => {
-                let steps = checkpoint::checkpoint_steps(dir);
-                if checkpoint::latest(dir)?.is_some() || !steps.is_empty() {
-                    return Err(TrainError::Checkpoint {
-                        path: dir.clone(),
-                        why: "the run folder already has checkpoints: pass `--resume auto` to \
-                              continue it, `--overwrite` to replace it, or choose another --out"
-                            .into(),
-                    });
-                }
-                None
-            }
-            (Resume::Replace, Some(dir)) => {
-                if root {
-                    remove_run_outputs(dir)?;
-                }
-                None
-            }
-            (Resume::No | Resume::Replace, None) => None,
-            (Resume::Auto, Some(dir)) => match checkpoint::latest(dir)? {
-                Some(found) => Some(found),
-                None => checkpoint::checkpoint_steps(dir).last().map(|&step| {
-                    let found = dir.join(checkpoint::step_dir_name(step));
-                    tracing::warn!(
-                        dir = %found.display(),
-                        "the run folder has no `latest` file: resuming from its newest checkpoint"
-                    );
-                    found
-                }),
-            },
-            (Resume::Auto, None) => None,
-            (Resume::Path(p), _) => Some(checkpoint::resolve(p)?),
-        };
+        let (lock, from) = run_dir::start(&resume, me.run_dir.as_deref(), root)?;
+        me.lock = lock;
         if let Some(dir) = from {
             me.restore(&dir)?;
         }
@@ -736,31 +674,4 @@ where
     pub fn num_params(&self) -> usize {
         self.model.num_params()
     }
-}
-
-/// Removes what an earlier `unclip train` wrote into `dir` ([`Resume::Replace`]); other files
-/// stay.
-fn remove_run_outputs(dir: &Path) -> Result<(), TrainError> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Ok(());
-    };
-    for e in entries.filter_map(|e| e.ok()) {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let ours = RUN_OUTPUTS.contains(&name.as_str())
-            || name
-                .strip_prefix("step-")
-                .is_some_and(|n| n.parse::<u64>().is_ok())
-            || name.starts_with(".tmp-");
-        if !ours {
-            continue;
-        }
-        let p = e.path();
-        let r = if p.is_dir() {
-            std::fs::remove_dir_all(&p)
-        } else {
-            std::fs::remove_file(&p)
-        };
-        r.map_err(|err| TrainError::io("cannot remove", &p, err))?;
-    }
-    Ok(())
 }
